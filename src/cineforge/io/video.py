@@ -1,0 +1,200 @@
+"""Video and image files <-> uint8 frames, through PyAV (bundled FFmpeg) and Pillow.
+
+Frames on disk are uint8 ``T, H, W, 3`` (RGB); video tensors are float ``C, T, H, W`` (or
+``1, C, T, H, W``) in [-1, 1]. ``write_video`` picks the format from the extension:
+
+- ``.mp4``: H.264 (libx264), yuv420p, constant quality ``crf``; width and height must be even.
+- ``.webm``: VP9 (libvpx-vp9), yuv420p, constant quality ``crf``; even sizes too.
+- ``.gif``: FFmpeg's GIF encoder, one 256-colour palette per frame (Pillow median cut),
+  looping forever. GIF stores delays in 1/100 s, so 16 fps reads back as 16.67.
+- ``.png``: one frame -> that file; T frames -> ``<stem>_0000.png`` ... ``<stem>_{T-1}.png``
+  beside it (at least 4 digits), the named file itself is not written.
+"""
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cineforge.errors import CineforgeError
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "from_uint8_frames",
+    "read_image",
+    "read_video",
+    "to_uint8_frames",
+    "write_image",
+    "write_video",
+]
+
+_CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9"}
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".png")
+
+
+def to_uint8_frames(video: Tensor) -> np.ndarray:
+    """``C, T, H, W`` (or ``1, C, T, H, W``) float in [-1, 1] -> uint8 ``T, H, W, C`` (rounded,
+    clamped)."""
+    if video.ndim == 5:
+        if video.shape[0] != 1:
+            raise CineforgeError(
+                f"to_uint8_frames takes one video, got a batch of {video.shape[0]}; pass video[i]"
+            )
+        video = video[0]
+    if video.ndim != 4:
+        raise CineforgeError(
+            f"expected a video tensor C, T, H, W, got shape {tuple(video.shape)}"
+        )
+    pixels = ((video.detach().float() + 1) * 127.5).round().clamp(0, 255)
+    return pixels.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def from_uint8_frames(frames: np.ndarray | Tensor) -> Tensor:
+    """uint8 ``T, H, W, C`` -> float32 ``C, T, H, W`` in [-1, 1] (inverse of to_uint8_frames)."""
+    frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
+    if frames.dtype != torch.uint8 or frames.ndim != 4:
+        raise CineforgeError(
+            f"expected uint8 frames T, H, W, C, got {frames.dtype} {tuple(frames.shape)}"
+        )
+    return frames.permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def _as_frames(frames: np.ndarray | Tensor) -> np.ndarray:
+    """uint8 ``T, H, W, 3`` from uint8 frames (array or tensor) or a float video tensor."""
+    if isinstance(frames, Tensor) and frames.is_floating_point():
+        frames = to_uint8_frames(frames)
+    frames = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise CineforgeError(
+            f"expected RGB uint8 frames T, H, W, 3 with T >= 1 (or a float video tensor "
+            f"C, T, H, W in [-1, 1]), got {frames.dtype} {frames.shape}"
+        )
+    return np.ascontiguousarray(frames)
+
+
+def _encode(container, stream, images) -> None:
+    for image in images:
+        container.mux(stream.encode(image))
+    container.mux(stream.encode())
+
+
+def _write_encoded(path: Path, codec: str, frames: np.ndarray, fps: Fraction, crf: int) -> None:
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise CineforgeError(
+            f"{codec} video needs an even width and height (yuv420p), got {width}x{height}; "
+            f"crop or resize to {width - width % 2}x{height - height % 2}, or write .gif/.png"
+        )
+    with av.open(str(path), "w") as container:
+        options = {"crf": str(crf)} | ({"b": "0"} if codec == "libvpx-vp9" else {})
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        _encode(container, stream, (av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames))
+
+
+def _palette_frame(frame: np.ndarray) -> av.VideoFrame:
+    """An 8-bit palette frame: Pillow's median-cut palette for this frame."""
+    indexed = Image.fromarray(frame).quantize(256)
+    rgb = np.zeros((256, 3), np.uint8)
+    palette = np.asarray(indexed.getpalette(), np.uint8).reshape(-1, 3)[:256]
+    rgb[: len(palette)] = palette
+    argb = np.concatenate([np.full((256, 1), 255, np.uint8), rgb], axis=1)
+    return av.VideoFrame.from_ndarray((np.asarray(indexed), argb), format="pal8")
+
+
+def _write_gif(path: Path, frames: np.ndarray, fps: Fraction) -> None:
+    with av.open(str(path), "w") as container:  # the GIF muxer loops forever by default
+        stream = container.add_stream("gif", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "pal8"
+        _encode(container, stream, (_palette_frame(f) for f in frames))
+
+
+def write_video(
+    path: str | Path, frames: np.ndarray | Tensor, fps: float = 16, *, crf: int = 18
+) -> list[Path]:
+    """Write frames (uint8 ``T, H, W, 3`` or a float video tensor) by extension; create parent
+    folders; return the written paths (several for a ``.png`` sequence)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_EXTENSIONS:
+        raise CineforgeError(
+            f"cannot write video to {path}: unknown extension {path.suffix!r}; "
+            f"use one of {', '.join(VIDEO_EXTENSIONS)}"
+        )
+    if not fps > 0:
+        raise CineforgeError(f"fps must be > 0, got {fps!r}")
+    frames = _as_frames(frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    if suffix in _CODECS:
+        _write_encoded(path, _CODECS[suffix], frames, rate, crf)
+    elif suffix == ".gif":
+        _write_gif(path, frames, rate)
+    elif len(frames) == 1:
+        return [write_image(path, frames[0])]
+    else:
+        digits = max(4, len(str(len(frames) - 1)))
+        return [
+            write_image(path.with_name(f"{path.stem}_{i:0{digits}d}{path.suffix}"), frame)
+            for i, frame in enumerate(frames)
+        ]
+    return [path]
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """All frames of the first video stream as uint8 ``T, H, W, 3`` RGB, and the frame rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise CineforgeError(f"video file not found: {path}; check the path")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise CineforgeError(f"{path} has no video stream; pass a video file")
+            stream = container.streams.video[0]
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            rate = stream.average_rate or stream.guessed_rate
+    except av.FFmpegError as error:
+        raise CineforgeError(
+            f"cannot decode video {path} ({error}); the file is corrupt or not a video, "
+            "re-export or re-download it"
+        ) from error
+    if not frames:
+        raise CineforgeError(f"video {path} has no frames; re-export it")
+    return np.stack(frames), (float(rate) if rate else 0.0)
+
+
+def write_image(path: str | Path, image: np.ndarray | Tensor) -> Path:
+    """Write an RGB uint8 ``H, W, 3`` image (array or tensor; PNG, JPEG, ... by extension)."""
+    path = Path(path)
+    image = image.cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise CineforgeError(
+            f"expected an RGB uint8 image H, W, 3, got {image.dtype} {image.shape}; "
+            "convert a video tensor with to_uint8_frames(video)[0]"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Image.fromarray(image).save(path)
+    except (KeyError, ValueError) as error:  # Pillow: unknown extension
+        raise CineforgeError(
+            f"cannot write image {path}: {error}; use .png (or .jpg)"
+        ) from error
+    return path
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 ``H, W, 3``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CineforgeError(f"image file not found: {path}; check the path")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as error:  # Pillow: UnidentifiedImageError, truncated file
+        raise CineforgeError(
+            f"cannot read image {path} ({error}); the file is corrupt or not an image"
+        ) from error

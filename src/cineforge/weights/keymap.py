@@ -31,9 +31,7 @@ class KeyMap:
     transforms: tuple[tuple[str, Transform], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "_compiled", tuple((re.compile(p), t) for p, t in self.rules)
-        )
+        object.__setattr__(self, "_compiled", tuple((re.compile(p), t) for p, t in self.rules))
         object.__setattr__(
             self, "_compiled_tf", tuple((re.compile(p), f) for p, f in self.transforms)
         )
@@ -91,7 +89,8 @@ def check_state_dict(
         problems.append(f"{len(shapes)} shape mismatches (e.g. {_head(shapes)})")
     if problems:
         raise CineforgeError(
-            f"{what} do not fit the model: " + "; ".join(problems)
+            f"{what} do not fit the model: "
+            + "; ".join(problems)
             + " — the files belong to another model or preset"
         )
 

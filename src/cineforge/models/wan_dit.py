@@ -1,0 +1,324 @@
+"""Wan 2.1 text-to-video diffusion transformer (DiT).
+
+    latent x (B, C, T, H, W) --patch_embedding (Conv3d, kernel = stride = patch)--> tokens
+    text (B, L, text_dim)    --text_embedding (Linear, GELU-tanh, Linear)---------> context
+    t (B,) in [0, 1]         --sinusoid(t * 1000) -> time_embedding -> e (B, dim)
+                             e --time_projection (SiLU, Linear)------------------> e0 (B, 6, dim)
+    tokens --blocks x N (3D-RoPE self-attn, cross-attn, FFN; modulated by e0)--> head(e)
+           --unpatchify--> velocity (B, C_out, T, H, W)
+
+Each block, with (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0:
+
+    x = x + gate1 * SelfAttn(LN(x) * (1 + scale1) + shift1, rope)
+    x = x + CrossAttn(LN_affine(x), context)
+    x = x + gate2 * FFN(LN(x) * (1 + scale2) + shift2)
+
+q and k are RMS-normalised over all heads together before RoPE. Text is NOT masked: as in the
+release, the caller zero-pads the encoder's tokens to ``text_len`` (``pad_context``) and the
+padded rows take part in cross-attention after the text embedding.
+
+Module names equal the official release's (``wan/modules/model.py``), so official weights
+load through a near-identity key map.
+
+Precision: norms, RoPE and modulation run in fp32 and return the stream's dtype; the
+residual stream is kept in the parameters' dtype. The time embedding and the head run with
+autocast off, and the modulation vectors are kept in fp32. So fp32 weights under bf16
+autocast follow the release (bf16 matmuls and attention, fp32 stream, time embedding and
+head), and bf16 weights give a pure-bf16 run. The sinusoid of ``t * timestep_scale`` is
+computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cineforge.errors import CineforgeError
+from cineforge.models.attention import AttentionFn, get_attention_backend
+from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
+
+
+@dataclass(frozen=True, kw_only=True)
+class WanDiTConfig:
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    freq_dim: int = 256
+    text_dim: int = 4096
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    cross_attn_norm: bool = True
+    text_len: int = 512
+    timestep_scale: float = 1000.0
+    rope_theta: float = 10000.0
+    attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim",
+                     "in_channels", "out_channels", "text_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"WanDiTConfig.{name} must be positive, got {getattr(self, name)}")
+        if len(self.patch_size) != 3 or min(self.patch_size) <= 0:
+            raise ValueError(f"patch_size must be 3 positive ints, got {self.patch_size}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim must be even and >= 6 for 3D RoPE, got {self.head_dim}")
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim must be even, got {self.freq_dim}")
+        if self.eps <= 0 or self.timestep_scale <= 0 or self.rope_theta <= 0:
+            raise ValueError("eps, timestep_scale and rope_theta must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+# Official Wan 2.1 T2V sizes (wan/configs/wan_t2v_1_3B.py, wan_t2v_14B.py).
+WAN_DIT_1_3B = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
+WAN_DIT_14B = WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+# Tiny: 2 heads x 16, 2 layers; builds and runs in milliseconds (tests, CI).
+WAN_DIT_TINY = WanDiTConfig(
+    dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=16
+)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x * (1 + scale) + shift`` in fp32, returned in x's dtype."""
+    return torch.addcmul(shift, x.float(), 1 + scale).type_as(x)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + gate * y`` in fp32, returned in x's dtype."""
+    return torch.addcmul(x.float(), y.float(), gate).type_as(x)
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[cos(t w_i), sin(t w_i)]`` with ``w_i = 10000 ** (-i / (dim / 2))``; float64."""
+    half = dim // 2
+    freqs = 10000.0 ** -(torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64), freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 (weights too), returned in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+class FP32RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in fp32 (weight too), returned in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        return F.rms_norm(x.float(), self.normalized_shape, w, self.eps).type_as(x)
+
+
+class WanAttention(nn.Module):
+    """Multi-head attention with q/k RMSNorm across heads; RoPE when ``cis`` is given."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, attention: AttentionFn):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention = attention
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = FP32RMSNorm(dim, eps=eps)
+        self.norm_k = FP32RMSNorm(dim, eps=eps)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, cis: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # B, L, H, D
+        k = self.norm_k(self.k(context)).unflatten(-1, heads)
+        v = self.v(context).unflatten(-1, heads)
+        if cis is not None:
+            q, k = apply_rope(q, cis), apply_rope(k, cis)
+        out = self.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, config: WanDiTConfig, attention: AttentionFn):
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = WanAttention(dim, config.num_heads, eps, attention)
+        self.norm3 = FP32LayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
+        self.cross_attn = WanAttention(dim, config.num_heads, eps, attention)
+        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
+            nn.Linear(config.ffn_dim, dim),
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, cis: torch.Tensor
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, 1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = gated_residual(x, self.self_attn(h, h, cis), gate1)
+        x = x + self.cross_attn(self.norm3(x), context)
+        h = modulate(self.norm2(x), shift2, scale2)
+        return gated_residual(x, self.ffn(h), gate2)
+
+
+class WanHead(nn.Module):
+    def __init__(self, config: WanDiTConfig):
+        super().__init__()
+        dim = config.dim
+        self.norm = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        return self.head(modulate(self.norm(x), shift, scale))
+
+
+class WanDiT(nn.Module):
+    """Wan 2.1 T2V DiT: ``forward(x, t, context) -> velocity`` with flow time ``t`` in [0, 1]."""
+
+    offload_blocks = "blocks"
+
+    def __init__(self, config: WanDiTConfig):
+        super().__init__()
+        self.config = c = config
+        attention = get_attention_backend(c.attention)
+        self.patch_embedding = nn.Conv3d(c.in_channels, c.dim, c.patch_size, c.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
+        )
+        self.time_embedding = nn.Sequential(
+            nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
+        )
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
+        self.blocks = nn.ModuleList(WanBlock(c, attention) for _ in range(c.num_layers))
+        self.head = WanHead(c)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor
+    ) -> torch.Tensor:
+        """x: B, C, T, H, W latents; t: (B,) or scalar flow time; context: B, L, text_dim.
+
+        Returns the velocity, B, C_out, T, H, W, in x's dtype.
+        """
+        c = self.config
+        t = torch.as_tensor(t, device=x.device)
+        grid = self._check_inputs(x, t, context)
+        dtype = self.patch_embedding.weight.dtype
+
+        # The residual stream is kept in the parameters' dtype (fp32 under autocast).
+        tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)
+        tokens = tokens.to(dtype).contiguous()  # B, L, dim; contiguous for the norms
+        context = self.text_embedding(context.to(dtype))
+        with torch.autocast(x.device.type, enabled=False):
+            t = t.to(torch.float64).reshape(-1).expand(x.shape[0]) * c.timestep_scale
+            e = self.time_embedding(timestep_sinusoid(t, c.freq_dim).to(dtype)).float()
+            e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, c.dim))
+        cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
+
+        for block in self.blocks:
+            tokens = block(tokens, e0, context, cis)
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.head(tokens, e)
+        return self.unpatchify(out, grid).to(x.dtype)
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """B, L, pt*ph*pw*C (patch dims first, channel last) -> B, C, T, H, W."""
+        pt, ph, pw = self.config.patch_size
+        t, h, w = grid
+        x = tokens.reshape(tokens.shape[0], t, h, w, pt, ph, pw, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)
+
+    def _check_inputs(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor
+    ) -> tuple[int, int, int]:
+        c = self.config
+        if x.ndim != 5 or x.shape[1] != c.in_channels:
+            raise CineforgeError(
+                f"WanDiT expects latents (B, {c.in_channels}, T, H, W), got {tuple(x.shape)}"
+            )
+        if any(n % p for n, p in zip(x.shape[2:], c.patch_size, strict=True)):
+            raise CineforgeError(
+                f"latent size {tuple(x.shape[2:])} is not divisible by the patch size "
+                f"{c.patch_size}; choose a video size whose latent is a multiple of it"
+            )
+        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.text_dim:
+            raise CineforgeError(
+                f"WanDiT expects text tokens ({x.shape[0]}, L, {c.text_dim}), "
+                f"got {tuple(context.shape)}: use the text encoder this model was trained with"
+            )
+        if t.numel() not in (1, x.shape[0]):
+            raise CineforgeError(
+                f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}"
+            )
+        return tuple(n // p for n, p in zip(x.shape[2:], c.patch_size, strict=True))
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> WanDiT:
+        """The release's initialisation, drawn from ``generator``: Xavier-uniform linears and
+        patch embedding, N(0, 0.02) text/time embeddings, zero biases, a zero output layer (so
+        a fresh model predicts zero velocity), modulation tables N(0, 1/dim), unit norms."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight, generator=generator)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1), generator=generator)
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02, generator=generator)
+        for table in [b.modulation for b in self.blocks] + [self.head.modulation]:
+            nn.init.normal_(table, std=self.config.dim**-0.5, generator=generator)
+        nn.init.zeros_(self.head.head.weight)
+        return self
+
+
+def pad_context(context: torch.Tensor, text_len: int) -> torch.Tensor:
+    """Zero-pad text tokens ``B, L, D`` to ``B, text_len, D`` (the release's convention)."""
+    n = context.shape[1]
+    if n > text_len:
+        raise CineforgeError(
+            f"prompt has {n} tokens, more than this model's {text_len}; shorten the prompt"
+        )
+    return F.pad(context, (0, 0, 0, text_len - n))
+
+
+def wan_dit_flops(config: WanDiTConfig, latent_shape: tuple[int, ...], text_len: int) -> float:
+    """Forward FLOPs (2 per multiply-add, matmuls and attention only) for latents
+    ``latent_shape = (B, C, T, H, W)`` and ``text_len`` text tokens."""
+    b, _, t, h, w = latent_shape
+    pt, ph, pw = config.patch_size
+    n = (t // pt) * (h // ph) * (w // pw)
+    d, m = config.dim, text_len
+    patch = n * config.in_channels * pt * ph * pw * d
+    text = m * (config.text_dim * d + d * d)
+    time = config.freq_dim * d + d * d + 6 * d * d
+    self_attn = 4 * n * d * d + 2 * n * n * d
+    cross_attn = 2 * n * d * d + 2 * m * d * d + 2 * n * m * d
+    ffn = 2 * n * d * config.ffn_dim
+    head = n * d * config.out_channels * pt * ph * pw
+    per_block = self_attn + cross_attn + ffn
+    return 2.0 * b * (patch + text + time + config.num_layers * per_block + head)

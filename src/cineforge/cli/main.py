@@ -1,0 +1,80 @@
+"""``cineforge`` command line: a thin shell over the library.
+
+Heavy imports (torch, transformers) happen inside the commands, so ``cineforge --help``
+answers at once. A CineforgeError is printed on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cineforge.cli.options import GenerateOptions, add_generate_arguments
+from cineforge.errors import CineforgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cineforge", description="Latent video diffusion: generate, train, evaluate."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="text-to-video (or an image with --frames 1)")
+    add_generate_arguments(gen)
+    gen.set_defaults(run=_generate)
+
+    presets = commands.add_parser("presets", help="list the model presets")
+    presets.set_defaults(run=_presets)
+
+    from cineforge.cli.train import add_train_arguments  # argparse only; torch loads on run
+
+    train = commands.add_parser("train", help="train the VAE or the DiT; export weights")
+    add_train_arguments(train)
+    train.set_defaults(run=_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except CineforgeError as exc:
+        print(f"cineforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cineforge: interrupted", file=sys.stderr)
+        return 130
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cineforge.cli.generate import run_generate
+
+    for path in run_generate(GenerateOptions.from_args(args)):
+        print(path)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cineforge.cli.train import run_train
+
+    return run_train(args)
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from cineforge.weights.presets import PRESETS
+
+    rows = [("preset", "size", "frames", "steps", "weights")]
+    for p in PRESETS.values():
+        source = p.hub_repo or "your own folder (--weights)"
+        if p.diffusers_repo:
+            source += f" or {p.diffusers_repo}"
+        rows.append((p.name, f"{p.width}x{p.height}", str(p.frames), str(p.sampler.steps), source))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The options of ``cineforge generate``, declared once as a dataclass."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from cineforge.errors import CineforgeError
+
+DEFAULT_PRESET = "wan2.1-t2v-1.3b"
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    prompt: str
+    preset: str = DEFAULT_PRESET
+    weights: Path | None = None
+    out: Path = Path("video.mp4")
+    frames: int | None = None  # None: the preset's default
+    size: tuple[int, int] | None = None  # (width, height)
+    steps: int | None = None
+    guidance: float | None = None
+    shift: float | None = None
+    solver: str | None = None
+    negative: str | None = None
+    seed: int = 0
+    fps: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"
+    vae_tile: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerateOptions:
+        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 832x480, got {text!r}") from None
+    return w, h
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what the video shows")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="model preset (cineforge presets)")
+    p.add_argument("--weights", type=Path, help="folder with the preset's weights")
+    p.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        default=Path("video.mp4"),
+        help="output file: .mp4, .gif or .png (frames as out_0000.png ...)",
+    )
+    p.add_argument("--frames", type=int, help="number of frames, 4k+1 (1 = an image)")
+    p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16")
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--shift", type=float, help="flow-matching timestep shift")
+    p.add_argument("--solver", choices=("unipc", "euler"), help="sampler")
+    p.add_argument("--negative", help="negative prompt")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same video)")
+    p.add_argument("--fps", type=int, help="frames per second of the output file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="weights dtype of the DiT and text encoder (VAE stays fp32)",
+    )
+    p.add_argument(
+        "--offload",
+        default="none",
+        choices=("none", "model", "block"),
+        help="CPU offloading for small GPUs: per model or per DiT block",
+    )
+    p.add_argument("--vae-tile", type=int, help="decode in spatial tiles of this many pixels")
+
+
+def check_prompt(prompt: str) -> str:
+    if not prompt or not prompt.strip():
+        raise CineforgeError(
+            'the prompt is empty; describe the video, e.g. "a red circle moves right"'
+        )
+    return prompt.strip()

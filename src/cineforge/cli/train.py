@@ -1,0 +1,67 @@
+"""``cineforge train vae|dit|cache|export``: a thin shell over ``cineforge.train.run``.
+
+    cineforge train vae --config configs/demo_vae.yaml [--set optim.lr=3e-4 ...] [--out DIR]
+    cineforge train dit --config configs/demo_dit.yaml     (builds the latent cache first)
+    cineforge train cache --config configs/demo_dit.yaml   (only the latent cache)
+    cineforge train export --run runs/demo_dit [--out DIR] [--checkpoint FILE]
+
+A run resumes from the newest checkpoint in its folder by default (``--resume auto``);
+``--resume no`` starts afresh (refused if the folder has checkpoints) and ``--resume FILE``
+continues from a given checkpoint. Only argparse is imported here: torch loads when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cineforge.errors import CineforgeError
+
+_RUNS = {
+    "vae": "train the video VAE on ShapesWorld clips and images",
+    "dit": "train the DiT by flow matching on a latent cache (built first if needed)",
+    "cache": "build (or complete) the latent cache of a DiT config, then stop",
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+    for name, summary in _RUNS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.add_argument("--config", required=True, help="YAML file (see configs/)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, dotted (e.g. optim.lr=3e-4); repeatable")
+        sub.add_argument("--out", help="run folder (default: the config's out)")
+        if name != "cache":
+            sub.add_argument("--resume", default="auto", metavar="auto|no|FILE",
+                             help="auto: continue from the run folder's newest checkpoint "
+                                  "(default); no: start afresh; FILE: that checkpoint")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export = commands.add_parser("export", help="write a run's EMA weights as fp16 safetensors")
+    export.add_argument("--run", required=True, help="run folder (holds config.yaml)")
+    export.add_argument("--out", help="output folder (default: RUN/export)")
+    export.add_argument("--checkpoint", help="checkpoint file (default: the newest)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cineforge.train import run
+    from cineforge.train.config import TrainConfig, from_tree, read_tree
+
+    if args.train_command == "export":
+        print(run.export_run(args.run, args.out, args.checkpoint))
+        return 0
+    task = "dit" if args.train_command == "cache" else args.train_command
+    tree = read_tree(args.config, args.set)
+    if tree.setdefault("task", task) != task:
+        raise CineforgeError(f"{args.config} is a {tree['task']!r} config; run "
+                             f"`cineforge train {tree['task']}` instead")
+    if args.out:
+        tree["out"] = args.out
+    config = from_tree(TrainConfig, tree)
+    progress = not args.no_progress
+    if args.train_command == "cache":
+        cache = run.build_cache(config, progress=progress)
+        print(cache.folder)
+        return 0
+    print(run.train(config, resume=args.resume, progress=progress))
+    return 0

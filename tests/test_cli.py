@@ -1,0 +1,92 @@
+"""``cineforge generate`` / ``presets`` end to end on the tiny preset (random weights)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cineforge.cli.main import main
+from cineforge.io.video import read_video
+from cineforge.models.wan_dit import WanDiT
+from cineforge.models.wan_vae import WanVAE
+from cineforge.weights.loader import save_components
+from cineforge.weights.presets import get_preset
+from oracles import perturb
+
+TINY = "wan2.1-t2v-tiny"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    preset = get_preset(TINY)
+    torch.manual_seed(0)
+    dit = perturb(WanDiT(preset.dit), seed=3)
+    vae = perturb(WanVAE(preset.vae), seed=4, scale=0.02)
+    return save_components(tmp_path_factory.mktemp("tiny"), dit=dit, vae=vae)
+
+
+def _generate(weights, out, *extra):
+    return main(["generate", "a red circle moves to the right", "--preset", TINY,
+                 "--weights", str(weights), "--out", str(out), "--steps", "2", *extra])
+
+
+def test_generate_writes_decodable_mp4_and_seed_reproduces(weights, tmp_path):
+    a, b, c = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "c.mp4"
+    assert _generate(weights, a, "--size", "96x64", "--frames", "9", "--seed", "5") == 0
+    assert _generate(weights, b, "--size", "96x64", "--frames", "9", "--seed", "5") == 0
+    assert _generate(weights, c, "--size", "96x64", "--frames", "9", "--seed", "6") == 0
+    frames_a, fps = read_video(a)
+    frames_b, _ = read_video(b)
+    frames_c, _ = read_video(c)
+    assert frames_a.shape == (9, 64, 96, 3) and fps == 16
+    assert np.array_equal(frames_a, frames_b)
+    assert np.abs(frames_a.astype(int) - frames_c.astype(int)).mean() > 0.5
+    assert frames_a.std() > 1.0  # a real picture, not a constant frame
+
+
+def test_generate_image_and_gif(weights, tmp_path):
+    assert _generate(weights, tmp_path / "img.png", "--frames", "1") == 0
+    assert (tmp_path / "img.png").is_file()
+    assert _generate(weights, tmp_path / "v.gif", "--frames", "5") == 0
+    assert read_video(tmp_path / "v.gif")[0].shape[0] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["a cat", "--size", "100x64"], "multiple of 16"),
+        (["a cat", "--frames", "10"], "4k+1"),
+        (["a cat", "--preset", "nope"], "unknown preset"),
+        (["   "], "prompt is empty"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(weights, tmp_path, capsys, args, message):
+    code = main(["generate", *args, "--weights", str(weights), "--out", str(tmp_path / "x.mp4")]
+                + ([] if "--preset" in args else ["--preset", TINY]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_missing_weights_name_path_and_hub(tmp_path, capsys):
+    code = main(["generate", "a cat", "--preset", "wan2.1-t2v-1.3b",
+                 "--weights", str(tmp_path / "absent")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(tmp_path / "absent") in err and "Wan-AI/Wan2.1-T2V-1.3B" in err
+    code = main(["generate", "a cat", "--preset", "wan2.1-t2v-1.3b", "--weights", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Wan2.1_VAE.pth" in err and "\n" not in err
+
+
+def test_console_script_presets_and_help():
+    out = subprocess.run([sys.executable, "-m", "cineforge.cli.main", "presets"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "wan2.1-t2v-14b" in out and "1280x720" in out and "Wan-AI/Wan2.1-T2V-14B" in out
+    help_ = subprocess.run([sys.executable, "-m", "cineforge.cli.main", "generate", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "--offload" in help_ and "--negative" in help_

@@ -86,3 +86,14 @@ def check_prompt(prompt: str) -> str:
             'the prompt is empty; describe the video, e.g. "a red circle moves right"'
         )
     return prompt.strip()
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", choices=("shapes",), help="what to evaluate")
+    p.add_argument("--preset", default="demo", help="model preset")
+    p.add_argument("--weights", type=Path, help="weights folder (default: the preset's own)")
+    p.add_argument("-n", type=int, default=200, help="prompts per split")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--batch", type=int, default=8, help="clips generated at once")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")

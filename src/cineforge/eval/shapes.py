@@ -274,3 +274,33 @@ def prompt_agreement(frames: np.ndarray, caption: str) -> dict[str, bool | None]
     got = analyze_clip(frames)
     return {key: None if want[key] is None else getattr(got, key) == want[key]
             for key in ("colour", "shape", "motion")}
+
+
+ATTRIBUTES = ("colour", "shape", "motion")
+
+
+@dataclass(frozen=True)
+class ShapesScore:
+    """Share of clips whose main object shows the prompt's colour, shape and motion."""
+
+    n: int
+    colour: float
+    shape: float
+    motion: float
+    all_three: float
+
+
+def score_clips(clips, specs) -> ShapesScore:
+    """Compare ``analyze_clip`` of each clip (uint8 ``T,H,W,3``) with its spec's main object."""
+    hits = {k: 0 for k in (*ATTRIBUTES, "all_three")}
+    n = 0
+    for frames, spec in zip(clips, specs, strict=True):
+        got = analyze_clip(frames)
+        ok = [getattr(got, k) == getattr(spec.main, k) for k in ATTRIBUTES]
+        for k, v in zip(ATTRIBUTES, ok, strict=True):
+            hits[k] += v
+        hits["all_three"] += all(ok)
+        n += 1
+    if n == 0:
+        raise CineforgeError("no clips to score; ask for at least one prompt (-n 1)")
+    return ShapesScore(n, *(hits[k] / n for k in (*ATTRIBUTES, "all_three")))

@@ -10,6 +10,7 @@ Progress goes to an optional ``progress(stage, done, total)`` callback.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -116,9 +117,7 @@ class TextToVideo:
                 with torch.no_grad():
                     return dit(x.to(self.dtype), t, context).float()
 
-            velocity = guided_velocity(
-                model, {"context": cond}, {"context": uncond}, guidance
-            )
+            velocity = guided_velocity(model, {"context": cond}, {"context": uncond}, guidance)
             yield from chosen.steps(velocity, noise.to(device), sigmas.to(device), times.to(device))
 
     def decode(self, latents: torch.Tensor, *, tile: int | None = None) -> torch.Tensor:
@@ -132,16 +131,21 @@ class TextToVideo:
         self,
         r: VideoRequest,
         *,
+        prompts: Sequence[str] | None = None,
         progress: Progress | None = None,
         vae_tile: int | None = None,
     ) -> torch.Tensor:
-        self.check_request(r, self.dit.config, self.vae.config)
+        """Video(s) in [-1, 1], ``B, 3, T, H, W``: one per prompt (default: ``r.prompt``),
+        all with the settings of ``r``; noise for the batch comes from ``r.seed``."""
+        prompts = [r.prompt] if prompts is None else list(prompts)
+        for p in prompts:
+            self.check_request(dataclasses.replace(r, prompt=p), self.dit.config, self.vae.config)
         report = progress or (lambda stage, done, total: None)
-        cond, uncond = self.encode_text([r.prompt], r.negative, r.guidance)
+        cond, uncond = self.encode_text(prompts, r.negative, r.guidance)
         generator = torch.Generator().manual_seed(r.seed)
-        latents = initial_noise(self.latent_shape(r), generator)
+        latents = initial_noise(self.latent_shape(r, len(prompts)), generator)
         report("denoise", 0, r.steps)
-        for step in self.denoise(
+        steps = self.denoise(
             cond,
             uncond,
             latents,
@@ -149,7 +153,8 @@ class TextToVideo:
             guidance=r.guidance,
             shift=r.shift,
             solver=r.solver,
-        ):
+        )
+        for step in steps:
             latents = step.x
             report("denoise", step.index + 1, step.total)
         report("decode", 0, 1)

@@ -17,6 +17,12 @@ q and k are RMS-normalised over all heads together before RoPE. Text is NOT mask
 release, the caller zero-pads the encoder's tokens to ``text_len`` (``pad_context``) and the
 padded rows take part in cross-attention after the text embedding.
 
+The modulation ``e0`` is ``B, 1, 6, dim`` (one time per sample) or ``B, L, 6, dim`` (one per
+token, as Wan 2.2 uses it); the same equations serve both. ``forward_packed`` runs several
+items of different shapes as one sequence (``models.packing``): block-diagonal masks keep
+attention inside each item, RoPE restarts per item, and each token is modulated by its
+item's time, so it equals ``forward`` on each item alone.
+
 Module names equal the official release's (``wan/modules/model.py``), so official weights
 load through a near-identity key map.
 
@@ -39,6 +45,7 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import AttentionFn, get_attention_backend
+from cineforge.models.packing import block_diagonal_mask, check_pack, packed_rope_cis, segment_ids
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
 
 
@@ -126,7 +133,8 @@ class FP32RMSNorm(nn.RMSNorm):
 
 
 class WanAttention(nn.Module):
-    """Multi-head attention with q/k RMSNorm across heads; RoPE when ``cis`` is given."""
+    """Multi-head attention with q/k RMSNorm across heads; RoPE when ``cis`` is given;
+    ``mask`` (boolean, True = attend) goes to the backend as is."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, attention: AttentionFn):
         super().__init__()
@@ -140,7 +148,11 @@ class WanAttention(nn.Module):
         self.norm_k = FP32RMSNorm(dim, eps=eps)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, cis: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        cis: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # B, L, H, D
@@ -148,7 +160,7 @@ class WanAttention(nn.Module):
         v = self.v(context).unflatten(-1, heads)
         if cis is not None:
             q, k = apply_rope(q, cis), apply_rope(k, cis)
-        out = self.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = self.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -168,12 +180,19 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
-        self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, cis: torch.Tensor
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        context: torch.Tensor,
+        cis: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, 1)
+        """x: B, L, dim; e0: B, 1, 6, dim or B, L, 6, dim (fp32); masks: B|1, 1, L, L|M."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)
         h = modulate(self.norm1(x), shift1, scale1)
-        x = gated_residual(x, self.self_attn(h, h, cis), gate1)
-        x = x + self.cross_attn(self.norm3(x), context)
+        x = gated_residual(x, self.self_attn(h, h, cis, mask=mask), gate1)
+        x = x + self.cross_attn(self.norm3(x), context, mask=context_mask)
         h = modulate(self.norm2(x), shift2, scale2)
         return gated_residual(x, self.ffn(h), gate2)
 
@@ -187,7 +206,8 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        """x: B, L, dim; e: B, 1, dim or B, L, dim (fp32)."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(2)).unbind(2)
         return self.head(modulate(self.norm(x), shift, scale))
 
 
@@ -223,21 +243,71 @@ class WanDiT(nn.Module):
         grid = self._check_inputs(x, t, context)
         dtype = self.patch_embedding.weight.dtype
 
-        # The residual stream is kept in the parameters' dtype (fp32 under autocast).
-        tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)
-        tokens = tokens.to(dtype).contiguous()  # B, L, dim; contiguous for the norms
+        tokens = self._patchify(x)
         context = self.text_embedding(context.to(dtype))
-        with torch.autocast(x.device.type, enabled=False):
-            t = t.to(torch.float64).reshape(-1).expand(x.shape[0]) * c.timestep_scale
-            e = self.time_embedding(timestep_sinusoid(t, c.freq_dim).to(dtype)).float()
-            e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, c.dim))
+        e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]))
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
 
         for block in self.blocks:
-            tokens = block(tokens, e0, context, cis)
+            tokens = block(tokens, e0[:, None], context, cis)
         with torch.autocast(x.device.type, enabled=False):
-            out = self.head(tokens, e)
+            out = self.head(tokens, e[:, None])
         return self.unpatchify(out, grid).to(x.dtype)
+
+    def forward_packed(
+        self, latents: list[torch.Tensor], t: torch.Tensor, contexts: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """N items of any shapes as one sequence (batch 1), equal to ``forward`` on each alone.
+
+        latents: N tensors C, T_i, H_i, W_i; t: (N,) flow times (or a scalar); contexts: N
+        tensors M_i, text_dim (pad each to ``text_len`` with ``pad_context`` to match ``forward``
+        on the padded context exactly). Returns N velocities C_out, T_i, H_i, W_i.
+        """
+        c = self.config
+        device = latents[0].device if latents else None
+        t = torch.as_tensor(t, device=device).reshape(-1)
+        check_pack(latents, t, contexts)
+        t = t.expand(len(latents))
+        grids = [self._check_inputs(x[None], t[i], ctx[None])
+                 for i, (x, ctx) in enumerate(zip(latents, contexts, strict=True))]
+        lengths = [math.prod(g) for g in grids]
+        dtype = self.patch_embedding.weight.dtype
+
+        tokens = torch.cat([self._patchify(x[None]) for x in latents], dim=1)  # 1, L, dim
+        context = self.text_embedding(torch.cat(contexts).to(dtype)[None])  # 1, M, dim
+        e, e0 = self._time_embedding(t)
+        item = segment_ids(lengths, device)
+        e, e0 = e[item][None], e0[item][None]  # per token: 1, L, dim and 1, L, 6, dim
+        cis = packed_rope_cis(grids, wan_rope_axis_dims(c.head_dim), c.rope_theta, device)
+        mask = block_diagonal_mask(lengths, lengths, device)
+        context_mask = block_diagonal_mask(lengths, [len(ctx) for ctx in contexts], device)
+
+        for block in self.blocks:
+            tokens = block(tokens, e0, context, cis, mask, context_mask)
+        with torch.autocast(device.type, enabled=False):
+            out = self.head(tokens, e)
+        return [self.unpatchify(o, g)[0].to(x.dtype)
+                for o, g, x in zip(out.split(lengths, dim=1), grids, latents, strict=True)]
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """B, C, T, H, W -> B, L, dim in the parameters' dtype (the stream's; fp32 under
+        autocast). The patch embedding (a Conv3d with kernel = stride) runs as one matmul over
+        flattened patches: the same numbers, and far faster than conv3d's backward on CPU."""
+        (pt, ph, pw), (b, ch, t, h, w) = self.config.patch_size, x.shape
+        weight = self.patch_embedding.weight
+        patches = x.reshape(b, ch, t // pt, pt, h // ph, ph, w // pw, pw)
+        patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, ch * pt * ph * pw)
+        tokens = F.linear(patches.to(weight.dtype), weight.flatten(1), self.patch_embedding.bias)
+        return tokens.to(weight.dtype)
+
+    def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow times (N,) -> e (N, dim) and e0 (N, 6, dim), fp32, autocast off."""
+        c, dtype = self.config, self.patch_embedding.weight.dtype
+        with torch.autocast(t.device.type, enabled=False):
+            scaled = t.to(torch.float64) * c.timestep_scale
+            e = self.time_embedding(timestep_sinusoid(scaled, c.freq_dim).to(dtype)).float()
+            e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, c.dim))
+        return e, e0
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """B, L, pt*ph*pw*C (patch dims first, channel last) -> B, C, T, H, W."""

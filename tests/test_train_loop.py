@@ -1,0 +1,371 @@
+"""The trainer on tiny configs: exact resume, overfitting, logs, export, latent cache, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cineforge.cli.main import main
+from cineforge.data.latents import LatentCache, build_latent_cache
+from cineforge.errors import CineforgeError
+from cineforge.models.text_encoders import TextStates
+from cineforge.models.wan_dit import WanDiTConfig
+from cineforge.models.wan_vae import WanVAE, WanVAEConfig
+from cineforge.train.config import load_config
+from cineforge.train.data import shapes_world
+from cineforge.train.export import load_vae, read_model_config, save_weights, write_model_config
+from cineforge.train.loop import Trainer
+from cineforge.train.run import build_task, export_run, train
+from cineforge.train.vae_task import vae_config
+from cineforge.weights.loader import load_model
+from cineforge.weights.presets import get_preset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class FakeText:
+    """Stand-in for MiniLM (no model load): a fixed random 384-d vector per word, between a
+    start and an end token; zero-padded to 32 tokens."""
+
+    dim, max_length = 384, 32
+
+    def encode(self, prompts: list[str]) -> TextStates:
+        states = torch.zeros(len(prompts), self.max_length, self.dim)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            words = ["<s>", *prompt.split(), "</s>"]
+            for j, word in enumerate(words):
+                g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
+                states[i, j] = torch.randn(self.dim, generator=g)
+            mask[i, : len(words)] = True
+        return TextStates(states, mask)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """An 'exported' tiny VAE (random weights, identity latent statistics)."""
+    folder = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    vae = WanVAE(vae_config("tiny", {}))
+    save_weights(vae, folder / "vae.safetensors")
+    write_model_config(vae.config, folder / "vae.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache_dir(vae_dir, tmp_path_factory):
+    config = load_config(CONFIGS / "tiny_dit.yaml")
+    folder = tmp_path_factory.mktemp("latents")
+    build_latent_cache(folder, shapes_world(config.data, "cache"), config.cache.items,
+                       encode_video=load_vae(vae_dir).encode, encode_text=FakeText().encode,
+                       meta={"latent_channels": 16, "text_dim": 384, "text_len": 32},
+                       shard_size=config.cache.shard_size)
+    return folder
+
+
+def dit_run_config(out, vae_dir, cache_dir, *overrides):
+    return load_config(CONFIGS / "tiny_dit.yaml", [
+        f"out={out}", f"cache.vae={vae_dir}", f"cache.dir={cache_dir}", "cache.build=false",
+        *overrides])
+
+
+def vae_run_config(out, *overrides):
+    return load_config(CONFIGS / "tiny_vae.yaml", [f"out={out}", *overrides])
+
+
+def run_until(config, stop: int | None = None) -> Trainer:
+    """Resume ``config.out`` if it has a checkpoint, then step until ``stop`` (or the end)."""
+    trainer = Trainer(config, build_task(config), config.out)
+    trainer.resume()
+    for _ in trainer.steps():
+        if trainer.step == stop:
+            break
+    return trainer
+
+
+def assert_same_state(a: Trainer, b: Trainer) -> None:
+    for name, x in a.model.state_dict().items():
+        assert torch.equal(x, b.model.state_dict()[name]), name
+    for name, x in a.ema.model.state_dict().items():
+        assert torch.equal(x, b.ema.model.state_dict()[name]), f"ema {name}"
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    for k in sa:
+        assert all(torch.equal(sa[k][m], sb[k][m]) for m in sa[k]), f"optimizer state {k}"
+    assert a.scheduler.get_last_lr() == b.scheduler.get_last_lr()
+    assert a.task.data_state() == b.task.data_state()
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    lines = (Path(run_dir) / "log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _comparable(records: list[dict]) -> list[tuple]:
+    """Per-step numbers that must agree between runs (not timings)."""
+    return [(r["step"], r.get("loss"), r.get("grad_norm"), r.get("lr"), r.get("val_image_loss"))
+            for r in records]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_vae_resume_is_exact(tmp_path):
+    straight = run_until(vae_run_config(tmp_path / "a"))
+    run_until(vae_run_config(tmp_path / "b"), stop=2)  # "crash" after the step-2 checkpoint
+    resumed = run_until(vae_run_config(tmp_path / "b"))
+    assert straight.step == resumed.step == 4
+    assert_same_state(straight, resumed)
+    assert _comparable(train_records(tmp_path / "a")) == _comparable(train_records(tmp_path / "b"))
+
+
+def test_dit_resume_is_exact_and_log_has_fields(tmp_path, vae_dir, cache_dir):
+    straight = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir))
+    partial = run_until(dit_run_config(tmp_path / "b", vae_dir, cache_dir), stop=3)
+    assert partial.step == 3  # the newest checkpoint is step 2: step 3 is redone
+    resumed = run_until(dit_run_config(tmp_path / "b", vae_dir, cache_dir))
+    assert resumed.step == 4
+    assert_same_state(straight, resumed)
+    records = train_records(tmp_path / "b")
+    assert _comparable(train_records(tmp_path / "a")) == _comparable(records)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]  # no duplicate
+    train_keys = {"step", "loss", "lr", "grad_norm", "weight_norm", "step_time", "tokens_per_s",
+                  "loss_image", "loss_video"}
+    assert train_keys <= set(records[0])
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [2, 4]
+    assert {"val_image_loss", "val_video_loss"} <= set(val[0])
+
+
+def test_dit_packed_resume_is_exact(tmp_path, vae_dir, cache_dir):
+    config = lambda out: dit_run_config(out, vae_dir, cache_dir, "flow.packing=true")  # noqa: E731
+    straight = run_until(config(tmp_path / "a"))
+    run_until(config(tmp_path / "b"), stop=3)
+    resumed = run_until(config(tmp_path / "b"))
+    assert_same_state(straight, resumed)
+    packs = [r for r in train_records(tmp_path / "b") if r["kind"] == "train"]
+    assert all(r["tokens_per_s"] > 0 for r in packs) and "loss_pack" in packs[0]
+
+
+def test_packed_and_padded_losses_agree(tmp_path, vae_dir, cache_dir):
+    """The same items, times, noise and texts give the same errors through
+    ``forward_packed`` (one sequence) as through per-shape padded batches."""
+    task = build_task(dit_run_config(tmp_path, vae_dir, cache_dir))
+    torch.nn.init.normal_(task.model.head.head.weight, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    items = [task.cache[i] for i in (0, 1, 2, 3, 4, 5)]
+    t = torch.rand(len(items), generator=g)
+    x0 = [i.latent for i in items]
+    noise = [torch.randn(x.shape, generator=g) for x in x0]
+    context = task.contexts(items, torch.ones(len(items), dtype=torch.bool))
+    with torch.no_grad():
+        packed = task._packed_errors(task.model, x0, noise, t, context)
+        padded = torch.cat([task._padded_errors(task.model, x[None], n[None], ti[None], c[None])
+                            .flatten() for x, n, ti, c in zip(x0, noise, t, context, strict=True)])
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_packing_without_forward_packed_is_a_clear_error():
+    from cineforge.train.dit_task import _require_packing
+
+    with pytest.raises(CineforgeError, match="flow.packing needs Linear.forward_packed"):
+        _require_packing(torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def _fixed_batch_losses(config, steps: int) -> tuple[float, float]:
+    """Loss on one fixed batch with fixed draws (times, noise, dropout) before and after
+    ``steps`` training steps on exactly that batch and those draws."""
+    trainer = Trainer(config, build_task(config), config.out)
+    batch = trainer.task.next_batch(torch.Generator().manual_seed(0))
+    trainer.task.next_batch = lambda generator: batch
+
+    def measure() -> float:
+        with torch.no_grad():
+            draws = torch.Generator().manual_seed(1)
+            return trainer.task.loss(trainer.model, batch, draws).loss.item()
+
+    before = measure()
+    for _ in range(steps):
+        trainer.generator.manual_seed(1)
+        trainer.train_step()
+    return before, measure()
+
+
+def test_dit_overfits_a_fixed_batch(tmp_path, vae_dir, cache_dir):
+    config = dit_run_config(tmp_path, vae_dir, cache_dir, "optim.lr=3e-3", "optim.warmup=0",
+                            "steps=30")
+    before, after = _fixed_batch_losses(config, 30)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_vae_overfits_a_fixed_batch(tmp_path):
+    config = vae_run_config(tmp_path, "optim.lr=3e-3", "optim.warmup=0", "steps=15")
+    before, after = _fixed_batch_losses(config, 15)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_dit_loss_is_the_flow_matching_mse(tmp_path, vae_dir, cache_dir):
+    """The task's loss equals a hand computation with the same random draws."""
+    config = dit_run_config(tmp_path, vae_dir, cache_dir, "flow.caption_dropout=0.5")
+    task = build_task(config)
+    torch.nn.init.normal_(task.model.head.head.weight, std=0.1)  # a non-zero prediction
+    batch = task.next_batch(torch.Generator().manual_seed(0))
+    out = task.loss(task.model, batch, torch.Generator().manual_seed(5))
+
+    g = torch.Generator().manual_seed(5)
+    total, numel = 0.0, 0
+    for items in batch:
+        keep = torch.rand(len(items), generator=g) >= 0.5
+        t = torch.sigmoid(torch.randn(len(items), generator=g))  # logit-normal, shift 1
+        x0 = torch.stack([i.latent for i in items])
+        noise = torch.stack([torch.randn(i.latent.shape, generator=g) for i in items])
+        text = [i.text if k else task.cache.empty_text() for i, k in zip(items, keep, strict=True)]
+        context = torch.stack([torch.cat([s, s.new_zeros(32 - len(s), 384)]) for s in text])
+        tt = t.view(-1, 1, 1, 1, 1)
+        with torch.no_grad():
+            pred = task.model((1 - tt) * x0 + tt * noise, t, context)
+        total += float(((pred - (noise - x0)) ** 2).sum())
+        numel += x0.numel()
+    assert out.loss.item() == pytest.approx(total / numel, rel=1e-5)
+    assert out.work == sum(i.latent[0].numel() // 4 for items in batch for i in items)
+
+
+def test_activation_checkpointing_changes_nothing(tmp_path, vae_dir, cache_dir):
+    plain = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir, "steps=2"))
+    ckpt = run_until(dit_run_config(tmp_path / "b", vae_dir, cache_dir, "steps=2",
+                                    "activation_checkpointing=true"))
+    for name, x in plain.model.state_dict().items():
+        torch.testing.assert_close(ckpt.model.state_dict()[name], x, rtol=0, atol=1e-6)
+    with pytest.raises(CineforgeError, match="declares no offload_blocks"):
+        Trainer(vae_run_config(tmp_path / "c", "activation_checkpointing=true"),
+                build_task(vae_run_config(tmp_path / "c")), tmp_path / "c")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_dit_run_exports_fp16_weights_the_loader_accepts(tmp_path, vae_dir, cache_dir):
+    config = dit_run_config(tmp_path / "run", vae_dir, cache_dir, "steps=2")
+    folder = train(config, progress=False)
+    for name in ("dit", "vae"):
+        tensors = load_file(folder / f"{name}.safetensors")
+        assert {x.dtype for x in tensors.values()} == {torch.float16}
+    preset = dataclasses.replace(
+        get_preset("wan2.1-t2v-tiny"), dit=read_model_config(WanDiTConfig, folder / "dit.json"),
+        vae=read_model_config(WanVAEConfig, folder / "vae.json"))
+    dit = load_model(preset, folder, "dit")
+    ema = run_until(config).ema.model.state_dict()  # resumes at the end: nothing to do
+    for name, x in dit.state_dict().items():
+        assert torch.equal(x, ema[name].half().float()), name
+    load_model(preset, folder, "vae")
+    again = export_run(tmp_path / "run", tmp_path / "again")
+    for name in ("dit.safetensors", "vae.safetensors", "dit.json"):
+        assert (again / name).read_bytes() == (folder / name).read_bytes()
+
+
+def test_vae_export_measures_latent_statistics(tmp_path):
+    folder = train(vae_run_config(tmp_path / "run", "steps=1"), progress=False)
+    config = read_model_config(WanVAEConfig, folder / "vae.json")
+    assert config.latents_std != (1.0,) * 16 and min(config.latents_std) > 0
+    vae = load_vae(folder)
+    video = shapes_world(load_config(CONFIGS / "tiny_vae.yaml").data, "stats")[0]["video"]
+    z = vae.encode(video[None])
+    assert float(z.abs().mean()) < 5.0  # normalised latents are O(1)
+
+
+# ----------------------------------------------------------------------------- latent cache
+
+
+class CrashingWorld:
+    """A dataset whose item ``crash_at`` raises, like a process killed mid-shard."""
+
+    def __init__(self, world, crash_at: int) -> None:
+        self.world, self.crash_at = world, crash_at
+
+    def __getitem__(self, i: int) -> dict:
+        if i == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return self.world[i]
+
+
+def test_latent_cache_round_trip_and_resume_after_crash(tmp_path, vae_dir, cache_dir):
+    data = load_config(CONFIGS / "tiny_dit.yaml").data
+    world = shapes_world(data, "cache")
+    meta = {"latent_channels": 16, "text_dim": 384, "text_len": 32}
+    vae = load_vae(vae_dir)
+    args = dict(encode_video=vae.encode, encode_text=FakeText().encode, meta=meta, shard_size=8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_latent_cache(tmp_path, CrashingWorld(world, 9), 12, **args)
+    partial = LatentCache(tmp_path)
+    assert len(partial) == 8 and not partial.complete  # the first shard survived
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty.safetensors", "index.json", "shard-00000.safetensors"]
+    cache = build_latent_cache(tmp_path, world, 12, **args)
+    reference = LatentCache(cache_dir)  # built in one go, same settings
+    assert cache.complete and len(cache) == 12
+    for i in range(12):
+        item, ref = cache[i], reference[i]
+        assert torch.equal(item.latent, ref.latent) and torch.equal(item.text, ref.text)
+        assert item.caption == world[i]["caption"] == cache.caption(i)
+        expected = vae.encode(world[i]["video"][None])[0]
+        torch.testing.assert_close(item.latent, expected, atol=2e-3, rtol=1e-3)  # fp16
+        states = FakeText().encode([item.caption])
+        assert item.text.shape == (int(states.mask.sum()), 384)
+        torch.testing.assert_close(item.text, states.states[0, : len(item.text)],
+                                   atol=2e-3, rtol=1e-3)
+        assert cache.attributes(i)["objects"][0]["shape"] in item.caption
+    assert cache.empty_text().shape == (2, 384)  # start and end token of ""
+    with pytest.raises(CineforgeError, match=r"other settings \(meta\)"):
+        build_latent_cache(tmp_path, world, 12, **{**args, "meta": {**meta, "text_len": 16}})
+
+
+def test_build_cache_with_minilm(tmp_path, vae_dir):
+    from cineforge.train.run import build_cache
+
+    config = dit_run_config(tmp_path, vae_dir, tmp_path / "latents", "cache.items=3",
+                            "cache.build=true")
+    cache = build_cache(config, progress=False)
+    assert cache.complete and cache.meta["text_dim"] == 384 == cache[0].text.shape[1]
+    assert cache.meta["vae"] == json.loads((vae_dir / "vae.json").read_text())
+    assert cache.empty_text().shape == (2, 384)  # [CLS] [SEP]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_resume_export(tmp_path, capsys):
+    config = str(CONFIGS / "tiny_vae.yaml")
+    base = ["train", "vae", "--config", config, "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*base, "--set", "steps=2"]) == 0
+    assert main([*base, "--set", "steps=3"]) == 0  # resumes at 2, runs step 3
+    steps = [r["step"] for r in train_records(tmp_path / "run") if r["kind"] == "train"]
+    assert steps == [1, 2, 3]
+    assert main(["train", "export", "--run", str(tmp_path / "run"), "--out",
+                 str(tmp_path / "w")]) == 0
+    assert (tmp_path / "w" / "vae.safetensors").is_file()
+    assert main([*base, "--resume", "no"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "dit", "--config", str(CONFIGS / "tiny_vae.yaml")], "is a 'vae' config"),
+        (["train", "vae", "--config", str(CONFIGS / "tiny_vae.yaml"), "--set", "optim.lrr=1"],
+         "unknown config key 'optim.lrr'"),
+        (["train", "export", "--run", "/nonexistent/run"], "config file not found"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -208,7 +208,8 @@ def test_dit_overfits_a_fixed_batch(tmp_path, vae_dir, cache_dir):
 
 
 def test_vae_overfits_a_fixed_batch(tmp_path):
-    config = vae_run_config(tmp_path, "optim.lr=3e-3", "optim.warmup=0", "steps=15")
+    config = vae_run_config(tmp_path, "optim.lr=3e-3", "optim.warmup=0", "steps=15",
+                            "vae.sample=false")
     before, after = _fixed_batch_losses(config, 15)
     assert after < 0.5 * before, (before, after)
 
@@ -328,15 +329,20 @@ def test_latent_cache_round_trip_and_resume_after_crash(tmp_path, vae_dir, cache
         build_latent_cache(tmp_path, world, 12, **{**args, "meta": {**meta, "text_len": 16}})
 
 
-def test_build_cache_with_minilm(tmp_path, vae_dir):
+def test_build_cache_with_minilm(tmp_path, vae_dir, capsys):
     from cineforge.train.run import build_cache
 
-    config = dit_run_config(tmp_path, vae_dir, tmp_path / "latents", "cache.items=3",
-                            "cache.build=true")
-    cache = build_cache(config, progress=False)
+    overrides = [f"out={tmp_path}", f"cache.vae={vae_dir}", f"cache.dir={tmp_path / 'latents'}",
+                 "cache.items=3"]
+    cache = build_cache(load_config(CONFIGS / "tiny_dit.yaml", overrides), progress=False)
     assert cache.complete and cache.meta["text_dim"] == 384 == cache[0].text.shape[1]
     assert cache.meta["vae"] == json.loads((vae_dir / "vae.json").read_text())
     assert cache.empty_text().shape == (2, 384)  # [CLS] [SEP]
+    # the CLI finds it complete and built with the same settings: nothing to encode
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    assert main(["train", "cache", "--config", str(CONFIGS / "tiny_dit.yaml"), *sets,
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "latents")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -360,6 +366,8 @@ def test_cli_train_resume_export(tmp_path, capsys):
     ("args", "message"),
     [
         (["train", "dit", "--config", str(CONFIGS / "tiny_vae.yaml")], "is a 'vae' config"),
+        (["train", "vae", "--config", str(CONFIGS / "tiny_vae.yaml"), "--set", "device=gpu0"],
+         "unknown device 'gpu0'"),
         (["train", "vae", "--config", str(CONFIGS / "tiny_vae.yaml"), "--set", "optim.lrr=1"],
          "unknown config key 'optim.lrr'"),
         (["train", "export", "--run", "/nonexistent/run"], "config file not found"),

@@ -287,3 +287,44 @@ def test_bad_latents_and_tiles_raise(pair):
     for tile, overlap in ((1, 0), (4, 4), (4, -1)):
         with pytest.raises(CineforgeError):
             ours.decode(z, tile=tile, tile_overlap=overlap)
+
+
+def test_training_path_equals_inference_path_and_has_true_gradients():
+    """moments/decode_raw with gradients (out-of-place norms) match the in-place inference
+    path, and their gradients match a central finite difference in fp64."""
+    torch.manual_seed(0)
+    vae = WanVAE(WAN_VAE_TINY).double()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    video = torch.rand(1, 3, 5, 16, 16, dtype=torch.float64) * 2 - 1
+
+    def loss() -> torch.Tensor:
+        mu, _ = vae.moments(video)
+        return vae.decode_raw(mu).square().mean()
+
+    @torch.no_grad()
+    def shifted_loss(step: float, direction: list[torch.Tensor]) -> torch.Tensor:
+        for p, d in zip(vae.parameters(), direction, strict=True):
+            p.add_(step * d)
+        value = loss()
+        for p, d in zip(vae.parameters(), direction, strict=True):
+            p.sub_(step * d)
+        return value
+
+    mu_train, logvar_train = vae.moments(video)
+    mu_inf, logvar_inf = vae.encode_moments(video)
+    torch.testing.assert_close(mu_train.detach(), mu_inf, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        vae.decode_raw(mu_train).detach().clamp(-1, 1), vae.decode(vae.normalize(mu_inf)),
+        rtol=0, atol=1e-6,
+    )  # decode clamps to [-1, 1]
+
+    direction = [torch.randn_like(p) for p in vae.parameters()]
+    vae.zero_grad()
+    loss().backward()
+    analytic = sum((p.grad * d).sum() for p, d in zip(vae.parameters(), direction, strict=True))
+    eps = 1e-6
+    numeric = (shifted_loss(eps, direction) - shifted_loss(-eps, direction)) / (2 * eps)
+    assert analytic.abs() > 1e-6
+    assert abs(analytic.item() - numeric.item()) <= 1e-6 * max(1.0, abs(numeric.item()))

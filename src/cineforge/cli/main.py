@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cineforge.cli.options import GenerateOptions, add_generate_arguments
+from cineforge.cli.options import GenerateOptions, add_eval_arguments, add_generate_arguments
 from cineforge.errors import CineforgeError
 
 
@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="text-to-video (or an image with --frames 1)")
     add_generate_arguments(gen)
     gen.set_defaults(run=_generate)
+
+    ev = commands.add_parser("eval", help="evaluate a model (shapes: prompt following)")
+    add_eval_arguments(ev)
+    ev.set_defaults(run=_eval)
 
     presets = commands.add_parser("presets", help="list the model presets")
     presets.set_defaults(run=_presets)
@@ -59,6 +63,13 @@ def _train(args: argparse.Namespace) -> int:
     from cineforge.cli.train import run_train
 
     return run_train(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from cineforge.cli.eval import print_table, run_eval
+
+    print_table(run_eval(args))
+    return 0
 
 
 def _presets(args: argparse.Namespace) -> int:

@@ -29,16 +29,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for name, summary in _RUNS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
         sub.add_argument("--config", required=True, help="YAML file (see configs/)")
-        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config key, dotted (e.g. optim.lr=3e-4); repeatable")
+        sub.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, dotted (e.g. optim.lr=3e-4); repeatable",
+        )
         sub.add_argument("--out", help="run folder (default: the config's out)")
         if name != "cache":
-            sub.add_argument("--resume", default="auto", metavar="auto|no|FILE",
-                             help="auto: continue from the run folder's newest checkpoint "
-                                  "(default); no: start afresh; FILE: that checkpoint")
+            sub.add_argument(
+                "--resume",
+                default="auto",
+                metavar="auto|no|FILE",
+                help="auto: continue from the run folder's newest checkpoint "
+                "(default); no: start afresh; FILE: that checkpoint",
+            )
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
     export = commands.add_parser("export", help="write a run's EMA weights as fp16 safetensors")
-    export.add_argument("--run", required=True, help="run folder (holds config.yaml)")
+    export.add_argument("--run", dest="run_dir", required=True,
+                        help="run folder (holds config.yaml)")
     export.add_argument("--out", help="output folder (default: RUN/export)")
     export.add_argument("--checkpoint", help="checkpoint file (default: the newest)")
 
@@ -48,13 +58,15 @@ def run_train(args: argparse.Namespace) -> int:
     from cineforge.train.config import TrainConfig, from_tree, read_tree
 
     if args.train_command == "export":
-        print(run.export_run(args.run, args.out, args.checkpoint))
+        print(run.export_run(args.run_dir, args.out, args.checkpoint))
         return 0
     task = "dit" if args.train_command == "cache" else args.train_command
     tree = read_tree(args.config, args.set)
     if tree.setdefault("task", task) != task:
-        raise CineforgeError(f"{args.config} is a {tree['task']!r} config; run "
-                             f"`cineforge train {tree['task']}` instead")
+        raise CineforgeError(
+            f"{args.config} is a {tree['task']!r} config; run "
+            f"`cineforge train {tree['task']}` instead"
+        )
     if args.out:
         tree["out"] = args.out
     config = from_tree(TrainConfig, tree)

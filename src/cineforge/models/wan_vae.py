@@ -97,10 +97,19 @@ class RMSNorm(nn.Module):
         self.scale = dim**0.5
 
     def forward(self, x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalise ``x`` (B, C, T, H, W), into ``out`` if given. The norm is fp32."""
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32)
+        """Normalise ``x`` (B, C, T, H, W), into ``out`` if given. The norm is fp32.
+
+        Without gradients it works in place in ``out``; with gradients (training) it runs
+        out of place and copies into ``out``, which autograd follows.
+        """
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 at least
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=dtype)
+        gain = self.gamma.view(-1, 1, 1, 1) * self.scale
+        if torch.is_grad_enabled():
+            y = (x / norm.clamp_min(1e-12)).to(x.dtype) * gain
+            return y if out is None else out.copy_(y)
         out = torch.div(x, norm.clamp_min_(1e-12), out=torch.empty_like(x) if out is None else out)
-        return out.mul_(self.gamma.view(-1, 1, 1, 1) * self.scale)
+        return out.mul_(gain)
 
 
 def norm_silu_into(
@@ -109,6 +118,9 @@ def norm_silu_into(
     """``dropout(silu(norm(x)))`` written straight into ``conv``'s input buffer, behind the
     past frames: run it with ``conv.forward_buffer`` (no concatenation copy)."""
     buffer, present = conv.frame_buffer(x, cache)
+    if torch.is_grad_enabled():  # autograd needs silu's input: no in-place activation
+        present.copy_(F.dropout(F.silu(norm(x)), dropout, training=dropout > 0))
+        return buffer
     F.silu(norm(x, out=present), inplace=True)
     if dropout:
         F.dropout(present, dropout, training=True, inplace=True)
@@ -301,6 +313,10 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior ``(mu, logvar)``, each ``B, z_dim, 1 + (T-1)/4, H/8, W/8``."""
+        return self.moments(video)
+
+    def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode_moments`` with gradients when they are enabled (training)."""
         self._check_video(video)
         b, _, frames, height, width = video.shape
         r, s = self.config.temporal_ratio, self.config.spatial_ratio
@@ -350,7 +366,7 @@ class WanVAE(nn.Module):
         self._check_latents(latents)
         z = self.denormalize(latents)
         if tile is None:
-            return self._decode(z).clamp_(-1.0, 1.0)
+            return self.decode_raw(z).clamp_(-1.0, 1.0)
         overlap = max(1, tile // 4) if tile_overlap is None else tile_overlap
         if tile < 2 or not 0 <= overlap < tile:
             raise CineforgeError(
@@ -358,11 +374,12 @@ class WanVAE(nn.Module):
                 f"(both in latent cells of {self.config.spatial_ratio} pixels)"
             )
         out = decode_tiled(
-            self._decode, z, tile=tile, overlap=overlap, scale=self.config.spatial_ratio
+            self.decode_raw, z, tile=tile, overlap=overlap, scale=self.config.spatial_ratio
         )
         return out.clamp_(-1.0, 1.0)
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Unclamped frames from RAW latents, with gradients when enabled (training)."""
         b, _, n, height, width = z.shape
         r, s = self.config.temporal_ratio, self.config.spatial_ratio
         video = z.new_empty(b, 3, 1 + r * (n - 1), height * s, width * s)

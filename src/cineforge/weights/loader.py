@@ -35,7 +35,7 @@ IDENTITY = KeyMap("cineforge", rules=((r"(.+)", r"\1"),))
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One model's file in a layout: ``folder/subdir/stem`` (safetensors, maybe sharded, or .pth)."""
+    """One model's file in a layout: ``folder/subdir/stem`` (safetensors or .pth)."""
 
     subdir: str
     stem: str

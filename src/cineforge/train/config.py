@@ -1,0 +1,366 @@
+"""Training configuration: frozen dataclasses loaded from YAML plus dotted ``--set`` overrides.
+
+A run is described by one ``TrainConfig``. The YAML file mirrors its sections::
+
+    task: dit
+    steps: 2000
+    model: {name: tiny, overrides: {dim: 256, num_layers: 6}}
+    optim: {lr: 3.0e-4, warmup: 100}
+
+and ``--set optim.lr=3e-4 --set steps=2000`` edits the same tree before it is built (values
+are read as YAML, so ``[0.9, 0.95]``, ``true`` and ``3e-4`` all work). A key the dataclasses
+do not have is an error that names the valid keys; a value of the wrong type is an error that
+names the expected type. ``model.overrides`` is free-form: its keys are fields of the model
+family's config (``WanVAEConfig`` / ``WanDiTConfig``) and are checked when the model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cineforge.errors import CineforgeError
+
+TASKS = ("vae", "dit")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise CineforgeError(message)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named base config of the task's model family plus field overrides."""
+
+    name: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ShapesWorld source (pixels for the VAE, what the DiT's latent cache encodes)."""
+
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    image_fraction: float = 0.2  # share of image items in the DiT latent cache
+    two_object_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.height % 16 == 0 and self.width % 16 == 0 and self.height >= 32
+                 and self.width >= 32, f"data.height/width must be multiples of 16 and >= 32, "
+                 f"got {self.height}x{self.width}")
+        _require(self.frames >= 5 and (self.frames - 1) % 4 == 0,
+                 f"data.frames must be 4k+1 and >= 5 (e.g. 17), got {self.frames}")
+        _require(0.0 <= self.image_fraction <= 1.0, "data.image_fraction must be in [0, 1]")
+        _require(0.0 <= self.two_object_fraction <= 1.0,
+                 "data.two_object_fraction must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then a cosine (to ``min_lr_ratio * lr``) or constant rate."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _require(all(0.0 <= b < 1.0 for b in self.betas), "optim.betas must be in [0, 1)")
+        _require(self.eps > 0 and self.weight_decay >= 0 and self.warmup >= 0,
+                 "optim.eps must be > 0, optim.weight_decay and optim.warmup >= 0")
+        _require(self.schedule in ("cosine", "constant"),
+                 f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
+        _require(self.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = no clipping)")
+        _require(0.0 <= self.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Items per step: one image sub-batch and one video sub-batch (padded path), or, with
+    ``flow.packing``, as many items as fit ``token_budget`` latent tokens."""
+
+    images: int = 4
+    videos: int = 4
+    token_budget: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.images >= 0 and self.videos >= 0 and self.images + self.videos > 0,
+                 "batch.images and batch.videos must be >= 0 and not both 0")
+        _require(self.token_budget >= 0, "batch.token_budget must be >= 0")
+
+
+@dataclass(frozen=True)
+class VAEObjective:
+    """Reconstruction ``l1 * |x - x'| + mse * (x - x')^2`` plus ``kl * KL(q(z|x) || N(0, 1))``,
+    trained on random ``crop``-pixel squares of ``clip_frames``-frame windows (0 = whole)."""
+
+    l1: float = 1.0
+    mse: float = 1.0
+    kl: float = 1e-6
+    sample: bool = True  # decode a posterior draw (a VAE); false: the mean (faster to fit)
+    crop: int = 0
+    clip_frames: int = 5
+    val_images: int = 4  # fixed held-aside items, validated at full size and length
+    val_videos: int = 2
+    stats_items: int = 32  # items whose latents give the exported per-channel mean / std
+
+    def __post_init__(self) -> None:
+        _require(min(self.l1, self.mse, self.kl) >= 0 and self.l1 + self.mse > 0,
+                 "vae.l1, vae.mse, vae.kl must be >= 0 and l1 + mse > 0")
+        _require(self.crop >= 0 and self.crop % 16 == 0,
+                 f"vae.crop must be 0 (whole frame) or a multiple of 16, got {self.crop}")
+        _require(self.clip_frames >= 1 and (self.clip_frames - 1) % 4 == 0,
+                 f"vae.clip_frames must be 4k+1 (e.g. 5), got {self.clip_frames}")
+        _require(self.val_images >= 0 and self.val_videos >= 0 and self.stats_items >= 1,
+                 "vae.val_images/val_videos must be >= 0 and vae.stats_items >= 1")
+
+
+@dataclass(frozen=True)
+class FlowObjective:
+    """Rectified flow: ``x_t = (1 - t) x0 + t noise``, target ``noise - x0``, MSE.
+
+    ``timesteps``: ``logit_normal`` (``sigmoid(mean + std * N(0, 1))``) or ``uniform``, then
+    ``shift_time(t, shift)``. ``caption_dropout``: probability of training an item on the
+    states of the empty prompt ``""`` (the unconditional branch of CFG).
+    """
+
+    timesteps: str = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+    shift: float = 1.0
+    caption_dropout: float = 0.1
+    packing: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.timesteps in ("logit_normal", "uniform"),
+                 f"flow.timesteps must be 'logit_normal' or 'uniform', got {self.timesteps!r}")
+        _require(self.std > 0 and self.shift > 0, "flow.std and flow.shift must be > 0")
+        _require(0.0 <= self.caption_dropout <= 1.0, "flow.caption_dropout must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The DiT's latent cache: ``items`` ShapesWorld items encoded by the VAE in ``vae`` (a
+    folder with ``vae.safetensors`` + ``vae.json``, what ``cineforge train export`` writes
+    for a VAE run) and by MiniLM (at most ``text_len`` tokens). ``dir`` defaults to
+    ``<out>/latents``. The first ``val_images`` image items and ``val_videos`` video items
+    are held aside for validation."""
+
+    dir: str = ""
+    vae: str = ""
+    items: int = 1000
+    shard_size: int = 256
+    build: bool = True
+    text_len: int = 64
+    val_images: int = 4
+    val_videos: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.items >= 1 and self.shard_size >= 1 and self.text_len >= 2,
+                 "cache.items and cache.shard_size must be >= 1, cache.text_len >= 2")
+        _require(self.val_images >= 0 and self.val_videos >= 0,
+                 "cache.val_images and cache.val_videos must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "dit"
+    seed: int = 0
+    steps: int = 1000
+    out: str = "runs/train"
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    validate_every: int = 250  # 0: only at the end
+    log_every: int = 10
+    activation_checkpointing: bool = False
+    device: str = "cpu"  # e.g. "cuda": model, optimiser and EMA live there; draws stay on CPU
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    vae: VAEObjective = field(default_factory=VAEObjective)
+    flow: FlowObjective = field(default_factory=FlowObjective)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        _require(self.steps >= 1 and self.seed >= 0, "steps must be >= 1 and seed >= 0")
+        _require(self.checkpoint_every >= 1 and self.keep_last >= 1 and self.log_every >= 1,
+                 "checkpoint_every, keep_last and log_every must be >= 1")
+        _require(self.validate_every >= 0, "validate_every must be >= 0 (0 = only at the end)")
+        _require(self.vae.clip_frames <= self.data.frames,
+                 f"vae.clip_frames {self.vae.clip_frames} exceeds data.frames {self.data.frames}")
+        _require(self.vae.crop <= min(self.data.height, self.data.width),
+                 f"vae.crop {self.vae.crop} exceeds the frame size")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                **fields: Any) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``overrides`` (``"a.b=value"``) then ``fields`` (top-level
+    keys, e.g. ``task="vae"``; None values are ignored), and build a validated config."""
+    tree = read_tree(path, overrides)
+    tree.update({k: v for k, v in fields.items() if v is not None})
+    return from_tree(TrainConfig, tree)
+
+
+def read_tree(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+    """The raw mapping of ``path`` (YAML; empty if None) with ``overrides`` applied."""
+    import yaml
+
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CineforgeError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CineforgeError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise CineforgeError(f"{path} must hold a mapping of config keys")
+    for item in overrides:
+        apply_override(tree, item)
+    return tree
+
+
+def apply_override(tree: dict[str, Any], item: str) -> None:
+    """Set ``tree[a][b] = value`` for ``"a.b=value"`` (value parsed as YAML)."""
+    import yaml
+
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise CineforgeError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CineforgeError(f"override {item!r}: {part!r} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        node[leaf] = text
+
+
+def from_tree(cls: type, tree: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, checking keys and coercing types."""
+    if not isinstance(tree, dict):
+        raise CineforgeError(f"{where or 'config'} must be a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(tree) - set(names))
+    if unknown:
+        raise CineforgeError(
+            f"unknown config key {_join(where, unknown[0])!r}; valid keys"
+            f"{' of ' + where if where else ''}: {', '.join(names)}"
+        )
+    values = {k: _coerce(v, hints[k], _join(where, k)) for k, v in tree.items()}
+    try:
+        return cls(**values)
+    except CineforgeError:
+        raise
+    except ValueError as exc:  # a model config's own validation
+        raise CineforgeError(f"{where or 'config'}: {exc}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+_BAD = object()
+
+
+def _as_float(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return _BAD
+    try:
+        return float(v)  # YAML reads 3e-4 (no dot) as a string
+    except ValueError:
+        return _BAD
+
+
+_SCALARS = {
+    bool: lambda v: v if isinstance(v, bool) else _BAD,
+    int: lambda v: v if isinstance(v, int) and not isinstance(v, bool) else _BAD,
+    float: _as_float,
+    str: lambda v: str(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    else _BAD,
+}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (dataclass, scalar, tuple, dict, optional) or an error."""
+    if dataclasses.is_dataclass(tp):
+        return from_tree(tp, value, where)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if tp is Any:
+        return value
+    result = _BAD
+    if tp in _SCALARS:
+        result = _SCALARS[tp](value)
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        kinds = args[:-1] * len(value) if args[-1:] == (Ellipsis,) else args
+        if len(kinds) == len(value):
+            result = tuple(_coerce(v, k, f"{where}[{i}]")
+                           for i, (v, k) in enumerate(zip(value, kinds, strict=True)))
+    elif origin is dict and isinstance(value, dict):
+        result = dict(value)
+    if result is _BAD:
+        raise CineforgeError(f"config key {where!r} must be {_type_name(tp)}, got {value!r}")
+    return result
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def config_to_tree(config: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists) for YAML / JSON / checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def build_model_config(base: Any, overrides: dict[str, Any], what: str) -> Any:
+    """``dataclasses.replace(base, **overrides)`` with lists turned into tuples and a clear
+    error for unknown fields or invalid values."""
+    names = [f.name for f in dataclasses.fields(base)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise CineforgeError(
+            f"unknown {what} field {unknown[0]!r} in model.overrides; valid: {', '.join(names)}"
+        )
+    hints = typing.get_type_hints(type(base))
+    values = {k: _coerce(v, hints[k], f"model.overrides.{k}") for k, v in overrides.items()}
+    try:
+        return dataclasses.replace(base, **values)
+    except ValueError as exc:
+        raise CineforgeError(f"model.overrides: {exc}") from None

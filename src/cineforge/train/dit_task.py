@@ -1,0 +1,252 @@
+"""The DiT objective: rectified flow matching on cached latents, images and clips together.
+
+For clean latents ``x0``, flow time ``t`` and noise ``n`` the model sees
+``x_t = (1 - t) x0 + t n`` and learns ``v = n - x0`` under an MSE loss (``train.flow``).
+Times are drawn per item (logit-normal or uniform, then the resolution shift). With
+probability ``flow.caption_dropout`` an item's text states are replaced by those of the
+empty prompt ``""`` (stored in the cache), so classifier-free guidance at sampling time uses
+``""`` as the unconditional prompt. Text states are zero-padded to the model's ``text_len``
+as at inference (Wan conditions on unmasked, zero-padded text).
+
+Batches come from the latent cache, grouped by latent shape (``ShapeBuckets``):
+
+- ``flow.packing: false``: each step has one image sub-batch (``batch.images`` items of one
+  image bucket) and one video sub-batch (``batch.videos`` items of one video bucket); each
+  goes through ``model(x, t, context)``.
+- ``flow.packing: true``: ``train.packing.TokenPacker`` fills ``batch.token_budget`` latent
+  tokens per step from one seeded stream over all items (first fit, holding back items that
+  do not fit for later packs), and the pack goes through ``model.forward_packed`` (one
+  sequence, block-diagonal attention).
+
+Either way the step's loss is the sum of squared errors over every latent element of the
+step divided by their number: sub-batches are weighted by their element counts.
+Validation runs the EMA model on the held-aside items (the first ``cache.val_images`` images
+and ``cache.val_videos`` clips of the cache) at fixed times with fixed noise, so the numbers
+are comparable from one validation to the next.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cineforge.data.latents import CacheItem, LatentCache
+from cineforge.errors import CineforgeError
+from cineforge.models.wan_dit import WAN_DIT_1_3B, WAN_DIT_14B, WAN_DIT_TINY, WanDiT, pad_context
+from cineforge.train.config import TrainConfig, build_model_config
+from cineforge.train.data import IndexStream, ShapeBuckets
+from cineforge.train.export import save_weights, write_model_config
+from cineforge.train.flow import caption_keep_mask, flow_pair, sample_times
+from cineforge.train.loop import StepLoss
+from cineforge.train.packing import TokenPacker
+
+DIT_CONFIGS = {"wan2.1-1.3b": WAN_DIT_1_3B, "wan2.1-14b": WAN_DIT_14B, "tiny": WAN_DIT_TINY}
+VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+_VAL_SEED = 2_718_281  # the validation noise's seed, offset from the run's seed
+
+
+def dit_config(name: str, overrides: dict[str, Any]):
+    if name not in DIT_CONFIGS:
+        raise CineforgeError(f"unknown DiT model {name!r}; choose one of {sorted(DIT_CONFIGS)}")
+    return build_model_config(DIT_CONFIGS[name], overrides, "WanDiTConfig")
+
+
+def latent_tokens(shape: tuple[int, ...], patch: tuple[int, int, int]) -> int:
+    """Tokens of a latent ``(C, T, H, W)`` after patchifying."""
+    return math.prod(n // p for n, p in zip(shape[1:], patch, strict=True))
+
+
+class DiTTask:
+    name = "dit"
+    work_unit = "tokens"
+
+    def __init__(self, config: TrainConfig, cache: LatentCache) -> None:
+        self.config, self.cache = config, cache
+        model_config = dit_config(config.model.name, config.model.overrides)
+        _check_cache(cache, model_config, config)
+        self.model = WanDiT(model_config).init_weights(torch.Generator().manual_seed(config.seed))
+        self.text_len = model_config.text_len
+        self.patch = model_config.patch_size
+        self.empty = pad_context(cache.empty_text()[None], self.text_len)[0]
+        held, train = _split(cache, config.cache.val_images, config.cache.val_videos)
+        if not train:
+            raise CineforgeError("the latent cache has no items left for training after the "
+                                 "held-aside validation items; raise cache.items")
+        self.buckets = ShapeBuckets(((i, cache.shape(i)) for i in train), config.seed)
+        self.stream = IndexStream(train, config.seed)  # the packed path's order
+        self.packer = None
+        if config.flow.packing:
+            _require_packing(self.model)
+            self.packer = TokenPacker(self.stream.next, self._tokens, config.batch.token_budget)
+        self.val = self._validation_set(held)
+
+    # ------------------------------------------------------------------ data
+
+    def next_batch(self, generator: torch.Generator) -> list[list[CacheItem]]:
+        """Sub-batches of cache items: [images, videos] (padded) or [one pack] (packing)."""
+        if self.packer is not None:
+            return [[self.cache[i] for i in self.packer.next_pack()]]
+        groups = [self.buckets.draw("image", self.config.batch.images, generator),
+                  self.buckets.draw("video", self.config.batch.videos, generator)]
+        return [[self.cache[i] for i in g] for g in groups if g]
+
+    def _tokens(self, index: int) -> int:
+        return latent_tokens(self.cache.shape(index), self.patch)
+
+    def data_state(self) -> dict[str, Any]:
+        return {"buckets": self.buckets.state_dict(), "stream": self.stream.state_dict(),
+                "packer": self.packer.state_dict() if self.packer else None}
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.buckets.load_state_dict(state["buckets"])
+        self.stream.load_state_dict(state["stream"])
+        if self.packer is not None:
+            self.packer.load_state_dict(state["packer"])
+
+    # ------------------------------------------------------------------ objective
+
+    def contexts(self, items: list[CacheItem], keep: torch.Tensor) -> list[torch.Tensor]:
+        """Each item's text states, or the empty prompt's where ``keep`` is False, padded to
+        ``text_len`` (``text_len, D`` each)."""
+        return [pad_context(item.text[None], self.text_len)[0] if k else self.empty
+                for item, k in zip(items, keep.tolist(), strict=True)]
+
+    def loss(self, model: nn.Module, batch: list[list[CacheItem]],
+             generator: torch.Generator) -> StepLoss:
+        f = self.config.flow
+        total = sum(item.latent.numel() for items in batch for item in items)
+        loss, parts, tokens = torch.zeros((), device=_device(model)), {}, 0
+        for items in batch:
+            keep = caption_keep_mask(len(items), f.caption_dropout, generator)
+            t = sample_times(len(items), generator, kind=f.timesteps, mean=f.mean, std=f.std,
+                             shift=f.shift)
+            x0 = [item.latent for item in items]
+            noise = [torch.randn(x.shape, generator=generator) for x in x0]
+            context = self.contexts(items, keep)
+            if f.packing:
+                errors = self._packed_errors(model, x0, noise, t, context)
+            else:
+                errors = self._padded_errors(model, torch.stack(x0), torch.stack(noise), t,
+                                             torch.stack(context))
+            loss = loss + errors.sum() / total
+            kind = "pack" if f.packing else ShapeBuckets.kind(tuple(x0[0].shape))
+            parts[f"loss_{kind}"] = errors.mean().item()
+            tokens += sum(latent_tokens(tuple(x.shape), self.patch) for x in x0)
+        return StepLoss(loss, parts, tokens)
+
+    @staticmethod
+    def _padded_errors(model, x0, noise, t, context) -> torch.Tensor:
+        """Squared errors of ``model(x_t, t, context)`` against ``v`` (batched tensors;
+        moved to the model's device)."""
+        device = _device(model)
+        x0, noise, t, context = (x.to(device) for x in (x0, noise, t, context))
+        x_t, v = flow_pair(x0, noise, t)
+        return (model(x_t, t, context) - v).square()
+
+    @staticmethod
+    def _packed_errors(model, x0, noise, t, context) -> torch.Tensor:
+        """The same through ``model.forward_packed`` (lists of per-item tensors), flattened
+        in item order."""
+        device = _device(model)
+        x0, noise, context = ([x.to(device) for x in xs] for xs in (x0, noise, context))
+        t = t.to(device)
+        pairs = [flow_pair(x[None], n[None], ti[None]) for x, n, ti in zip(x0, noise, t,
+                                                                           strict=True)]
+        preds = model.forward_packed([p[0][0] for p in pairs], t, context)
+        return torch.cat([(pred - p[1][0]).square().flatten()
+                          for pred, p in zip(preds, pairs, strict=True)])
+
+    # ------------------------------------------------------------------ validation
+
+    def _validation_set(self, held: list[int]) -> list[tuple]:
+        """Per held-aside item: its kind, and x0, noise, times and context repeated over
+        ``VAL_TIMES`` (noise fixed by the run's seed)."""
+        generator = torch.Generator().manual_seed(self.config.seed + _VAL_SEED)
+        times = torch.tensor(VAL_TIMES)
+        out = []
+        for i in held:
+            item = self.cache[i]
+            x0 = item.latent[None].expand(len(times), *item.latent.shape)
+            noise = torch.randn(x0.shape, generator=generator)
+            context = self.contexts([item], torch.ones(1, dtype=torch.bool))[0]
+            out.append((ShapeBuckets.kind(tuple(item.latent.shape)), x0, noise, times,
+                        context[None].expand(len(times), *context.shape)))
+        return out
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        sums: dict[str, list[float]] = {}
+        for kind, x0, noise, times, context in self.val:
+            sums.setdefault(kind, []).append(float(self._padded_errors(
+                model, x0, noise, times, context).mean()))
+        return {f"val_{kind}_loss": sum(v) / len(v) for kind, v in sums.items()}
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, model: nn.Module, folder: Path) -> list[Path]:
+        return export_dit(model, Path(self.config.cache.vae), Path(folder))
+
+
+def export_dit(model: WanDiT, vae_folder: Path, folder: Path) -> list[Path]:
+    """``dit.safetensors`` (fp16) + ``dit.json``, and the VAE the latents came from copied
+    beside them, so ``folder`` is a complete cineforge-layout weights folder."""
+    paths = [save_weights(model, folder / "dit.safetensors"),
+             write_model_config(model.config, folder / "dit.json")]
+    for name in ("vae.safetensors", "vae.json"):
+        source = vae_folder / name
+        if not source.is_file():
+            raise CineforgeError(f"{source} not found: cache.vae must name the exported VAE "
+                                 "folder the latent cache was built with")
+        if source.resolve() != (folder / name).resolve():
+            shutil.copyfile(source, folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _split(cache: LatentCache, images: int, videos: int) -> tuple[list[int], list[int]]:
+    """The first ``images`` image items and ``videos`` video items, and the rest."""
+    want = {"image": images, "video": videos}
+    held, train = [], []
+    for i in range(len(cache)):
+        kind = ShapeBuckets.kind(cache.shape(i))
+        if want[kind]:
+            want[kind] -= 1
+            held.append(i)
+        else:
+            train.append(i)
+    return held, train
+
+
+def _check_cache(cache: LatentCache, model_config, config: TrainConfig) -> None:
+    if not cache.complete:
+        raise CineforgeError(f"the latent cache in {cache.folder} is incomplete "
+                             f"({len(cache)} of {cache.items_total} items); build it first")
+    meta = cache.meta
+    if meta.get("latent_channels") != model_config.in_channels:
+        raise CineforgeError(f"the cache holds {meta.get('latent_channels')}-channel latents but "
+                             f"the DiT takes {model_config.in_channels}; set model.overrides")
+    if meta.get("text_dim") != model_config.text_dim:
+        raise CineforgeError(f"the cache's text states are {meta.get('text_dim')}-d but the DiT's "
+                             f"text_dim is {model_config.text_dim}; set model.overrides.text_dim")
+    if meta.get("text_len", 0) > model_config.text_len:
+        raise CineforgeError(f"cache.text_len {meta.get('text_len')} exceeds the DiT's text_len "
+                             f"{model_config.text_len}")
+    if config.flow.packing and config.batch.token_budget < 1:
+        raise CineforgeError("flow.packing needs batch.token_budget > 0 (latent tokens per step)")
+
+
+def _require_packing(model: nn.Module) -> None:
+    if not hasattr(model, "forward_packed"):
+        raise CineforgeError(
+            f"flow.packing needs {type(model).__name__}.forward_packed, which this version "
+            "does not have; set flow.packing: false"
+        )

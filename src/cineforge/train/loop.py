@@ -1,0 +1,245 @@
+"""The generic training loop over a ``Task`` (objective + data + validation + export).
+
+``Trainer.steps()`` is a generator: each ``next`` runs one optimisation step and yields its
+``StepRecord``; it also writes the run's JSONL log, validates and saves checkpoints on
+schedule. ``Trainer.run()`` drives it to the end behind a tqdm bar and exports the EMA
+weights. Resume is exact: a checkpoint holds the model, the EMA weights, the optimiser and
+LR-scheduler states, the step, every random-number state and the task's data position, so
+N steps in one go and N/2 + resume + N/2 give bitwise identical weights.
+
+Run folder::
+
+    config.yaml        the resolved configuration
+    log.jsonl          {"kind": "train", ...} every log_every steps, {"kind": "val", ...}
+    checkpoints/       step-00001000.pt (the newest keep_last)
+    export/            fp16 EMA weights in cineforge layout, written at the end
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from cineforge.errors import CineforgeError
+from cineforge.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from cineforge.train.config import TrainConfig, config_to_tree
+from cineforge.train.optim import (
+    EMA,
+    apply_activation_checkpointing,
+    build_optimizer,
+    build_scheduler,
+    grad_norm_,
+    weight_norm,
+)
+
+
+@dataclass
+class StepLoss:
+    """What a task's loss returns: the scalar to minimise, logged parts, work done."""
+
+    loss: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+    work: int = 0  # tokens (DiT) or pixels (VAE) in the step
+
+
+class Task(Protocol):
+    """An objective with its data stream. The trainer owns optimisation and bookkeeping."""
+
+    name: str  # "vae" or "dit": checked on resume
+    work_unit: str  # "tokens" or "pixels": names the throughput in the log
+    model: nn.Module
+
+    def next_batch(self, generator: torch.Generator) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> StepLoss: ...
+
+    def validate(self, model: nn.Module) -> dict[str, float]: ...
+
+    def data_state(self) -> dict[str, Any]: ...
+
+    def load_data_state(self, state: dict[str, Any]) -> None: ...
+
+    def export(self, model: nn.Module, folder: Path) -> list[Path]: ...
+
+
+@dataclass
+class StepRecord:
+    step: int  # steps completed
+    loss: float
+    parts: dict[str, float]
+    lr: float
+    grad_norm: float
+    step_time: float
+    work: int
+    validation: dict[str, float] | None = None
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CineforgeError(f"unknown device {name!r}; use e.g. cpu or cuda") from None
+
+
+class Trainer:
+    """Optimise ``task.model`` for ``config.steps`` steps, writing into ``run_dir``."""
+
+    def __init__(self, config: TrainConfig, task: Task, run_dir: str | Path) -> None:
+        self.config, self.task, self.run_dir = config, task, Path(run_dir)
+        self.model = task.model.to(_device(config.device))
+        self.ema = EMA(self.model, config.optim.ema_decay)
+        if config.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, config.steps)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task.name,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state({"trainer": self.generator}),
+            "data": self.task.data_state(),
+            "config": config_to_tree(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["task"] != self.task.name:
+            raise CineforgeError(f"that checkpoint is from a {state['task']} run, not a "
+                                 f"{self.task.name} run; pick the right --out or checkpoint")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], {"trainer": self.generator})
+        self.task.load_data_state(state["data"])
+        self.step = state["step"]
+
+    def resume(self, path: str | Path | None = None) -> int | None:
+        """Load ``path`` or else the newest checkpoint of the run folder, if any; drop log
+        records written after it. Returns the step resumed from, or None."""
+        path = Path(path) if path is not None else latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return None
+        self.load_state_dict(load_checkpoint(path))
+        self._truncate_log(self.step)
+        return self.step
+
+    def save(self) -> Path:
+        return save_checkpoint(self.checkpoint_dir, self.step, self.state_dict(),
+                               self.config.keep_last)
+
+    # ------------------------------------------------------------------ loop
+
+    def train_step(self) -> StepRecord:
+        start = time.perf_counter()
+        self.model.train()
+        batch = self.task.next_batch(self.generator)
+        out = self.task.loss(self.model, batch, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        norm = grad_norm_(self.model, self.config.optim.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return StepRecord(self.step, out.loss.item(), out.parts, lr, norm,
+                          time.perf_counter() - start, out.work)
+
+    def validate(self) -> dict[str, float]:
+        with torch.no_grad():
+            return self.task.validate(self.ema.model)
+
+    def steps(self) -> Iterator[StepRecord]:
+        """Run the remaining steps, yielding each one's record."""
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        window: list[StepRecord] = []
+        while self.step < c.steps:
+            record = self.train_step()
+            window.append(record)
+            last = self.step == c.steps
+            if self.step % c.log_every == 0 or last:
+                self._log(self._summary(window))
+                window = []
+            if (c.validate_every and self.step % c.validate_every == 0) or last:
+                record.validation = self.validate()
+                self._log({"kind": "val", "step": self.step, **record.validation})
+            if self.step % c.checkpoint_every == 0 or last:
+                self.save()
+            yield record
+
+    def run(self, *, progress: bool = True) -> Path:
+        """Train to ``config.steps`` and export the EMA weights to ``run_dir/export``."""
+        from tqdm import tqdm
+
+        unit = f"{self.task.work_unit}/s"
+        with tqdm(total=self.config.steps, initial=self.step, disable=not progress,
+                  desc=f"train {self.task.name}", dynamic_ncols=True) as bar:
+            for record in self.steps():
+                bar.update(1)
+                bar.set_postfix(loss=f"{record.loss:.4f}",
+                                **{unit: f"{record.work / record.step_time:.0f}"})
+        return self.export(self.run_dir / "export")
+
+    def export(self, folder: Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            self.task.export(self.ema.model, folder)
+        return folder
+
+    # ------------------------------------------------------------------ log
+
+    def _summary(self, window: list[StepRecord]) -> dict[str, Any]:
+        n = len(window)
+        seconds = sum(r.step_time for r in window)
+        parts = {k: sum(r.parts.get(k, 0.0) for r in window) / n for k in window[-1].parts}
+        return {
+            "kind": "train", "step": self.step,
+            "loss": sum(r.loss for r in window) / n, **parts,
+            "lr": window[-1].lr, "grad_norm": window[-1].grad_norm,
+            "weight_norm": weight_norm(self.model),
+            "step_time": seconds / n,
+            f"{self.task.work_unit}_per_s": sum(r.work for r in window) / seconds,
+        }
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        if not self.log_path.is_file():
+            return
+        kept = [line for line in self.log_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.log_path.write_text("".join(line + "\n" for line in kept))

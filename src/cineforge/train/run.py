@@ -1,0 +1,155 @@
+"""Entry points over the trainer: train a config (resuming), build the DiT's latent cache,
+export a run's EMA weights. The CLI (``cineforge train ...``) is a thin shell over these."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from cineforge.data.latents import LatentCache, build_latent_cache
+from cineforge.errors import CineforgeError
+from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
+from cineforge.train.config import TrainConfig, config_to_tree, load_config
+from cineforge.train.data import shapes_world
+from cineforge.train.export import load_vae, read_model_config
+from cineforge.train.loop import Task, Trainer
+
+TEXT_ENCODER = "minilm"  # all-MiniLM-L6-v2, the demo's text encoder (384-d)
+TEXT_DIM = 384
+
+
+def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True) -> Path:
+    """Train ``config`` in ``config.out``; return the folder of the exported EMA weights.
+
+    ``resume``: ``"auto"`` continues from the newest checkpoint of the run folder if there
+    is one, ``"no"`` starts afresh (refused if the run folder has checkpoints), anything
+    else is the path of a checkpoint to continue from.
+    """
+    run_dir = Path(config.out)
+    trainer = Trainer(config, build_task(config, progress=progress), run_dir)
+    if resume != "no":
+        trainer.resume(None if resume == "auto" else resume)
+    elif latest_checkpoint(trainer.checkpoint_dir) is not None:
+        raise CineforgeError(f"{run_dir} already holds checkpoints; resume it (--resume auto), "
+                             "or choose another --out")
+    write_config(config, run_dir / "config.yaml")
+    return trainer.run(progress=progress)
+
+
+def build_task(config: TrainConfig, *, progress: bool = False) -> Task:
+    if config.task == "vae":
+        from cineforge.train.vae_task import VAETask
+
+        return VAETask(config)
+    from cineforge.train.dit_task import DiTTask
+
+    return DiTTask(config, ensure_cache(config, progress=progress))
+
+
+def write_config(config: TrainConfig, path: Path) -> Path:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_tree(config), sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- latent cache
+
+
+def cache_folder(config: TrainConfig) -> Path:
+    return Path(config.cache.dir) if config.cache.dir else Path(config.out) / "latents"
+
+
+def cache_meta(config: TrainConfig) -> dict:
+    """What the cache's items depend on; a cache built with other values is refused."""
+    from cineforge.models.wan_vae import WanVAEConfig
+
+    vae = read_model_config(WanVAEConfig, _vae_folder(config) / "vae.json")
+    return {
+        "vae": dataclasses.asdict(vae), "latent_channels": vae.z_dim,
+        "text_encoder": TEXT_ENCODER, "text_dim": TEXT_DIM, "text_len": config.cache.text_len,
+        "source": dataclasses.asdict(shapes_world(config.data, "cache").config),
+    }
+
+
+def ensure_cache(config: TrainConfig, *, progress: bool = False) -> LatentCache:
+    """The run's latent cache, built (or completed) first when ``cache.build`` is true."""
+    folder = cache_folder(config)
+    if not config.cache.build:
+        cache = LatentCache(folder)
+        if not cache.complete:
+            raise CineforgeError(f"the latent cache in {folder} is incomplete; set cache.build: "
+                                 "true or run `cineforge train cache`")
+        return cache
+    return build_cache(config, progress=progress)
+
+
+def build_cache(config: TrainConfig, *, progress: bool = True) -> LatentCache:
+    """Encode ``cache.items`` ShapesWorld items with the VAE in ``cache.vae`` and MiniLM.
+    The encoders are loaded only if items remain to be encoded."""
+    loaded: dict = {}
+
+    def encode_video(video: torch.Tensor) -> torch.Tensor:
+        if "vae" not in loaded:
+            loaded["vae"] = load_vae(_vae_folder(config))
+        return loaded["vae"].encode(video)
+
+    def encode_text(prompts: list[str]):
+        if "text" not in loaded:
+            from cineforge.weights.text_encoders import load_minilm
+
+            loaded["text"] = load_minilm(max_length=config.cache.text_len)
+        return loaded["text"].encode(prompts)
+
+    world = shapes_world(config.data, "cache")
+    return build_latent_cache(
+        cache_folder(config), world, config.cache.items, encode_video=encode_video,
+        encode_text=encode_text, meta=cache_meta(config), shard_size=config.cache.shard_size,
+        progress=progress,
+    )
+
+
+def _vae_folder(config: TrainConfig) -> Path:
+    if not config.cache.vae:
+        raise CineforgeError("cache.vae is not set: point it at an exported VAE folder "
+                             "(vae.safetensors + vae.json), e.g. runs/demo_vae/export")
+    return Path(config.cache.vae)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None,
+               checkpoint: str | Path | None = None) -> Path:
+    """Write the EMA weights of ``checkpoint`` (default: the run's newest) as fp16 safetensors
+    in cineforge layout into ``out`` (default: ``run_dir/export``)."""
+    from cineforge.weights.keymap import load_strict
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise CineforgeError(f"{run_dir} has no checkpoints to export; train it first")
+    state = load_checkpoint(path)["ema"]["model"]
+    folder = Path(out) if out else run_dir / "export"
+    folder.mkdir(parents=True, exist_ok=True)
+    if config.task == "vae":
+        from cineforge.models.wan_vae import WanVAE
+        from cineforge.train.vae_task import export_vae, vae_config
+
+        with torch.device("meta"):
+            model = WanVAE(vae_config(config.model.name, config.model.overrides))
+        load_strict(model, state, dtype=torch.float32, what=f"EMA weights in {path}")
+        export_vae(model.eval(), config, folder)
+    else:
+        from cineforge.models.wan_dit import WanDiT
+        from cineforge.train.dit_task import dit_config, export_dit
+
+        with torch.device("meta"):
+            model = WanDiT(dit_config(config.model.name, config.model.overrides))
+        load_strict(model, state, dtype=torch.float32, what=f"EMA weights in {path}")
+        export_dit(model.eval(), _vae_folder(config), folder)
+    return folder

@@ -1,0 +1,196 @@
+"""The VAE objective: reconstruction (L1 + MSE) plus a small KL term, on images and clips.
+
+Each step holds one image sub-batch (``batch.images`` frames) and one video sub-batch
+(``batch.videos`` windows of ``vae.clip_frames`` frames), both random ``vae.crop``-pixel
+squares of ShapesWorld items. The decoder gets a posterior draw ``z = mu + sigma * eps``
+(eps from the trainer's generator), or with ``vae.sample: false`` the mean ``mu``; per
+sub-batch
+
+    loss_k = l1 * mean|x - x'| + mse * mean (x - x')^2 + kl * mean KL(N(mu, sigma) || N(0, 1))
+
+and the step's loss is the mean of the sub-batch losses weighted by their pixel counts
+(the same as one mean over all pixels of the step). The causal VAE encodes a clip's first
+frame alone and then groups of 4 frames through a cache of past frames, so a model trained
+on short windows runs on longer clips, provided the windows hold at least two groups after
+the first frame (9 frames): with 5-frame windows no chunk ever sees a cache filled by a
+regular chunk, and 17-frame reconstructions degrade. Validation measures exactly that, on a
+fixed held-aside set at full size and length, through the inference API (posterior mean).
+
+``WanVAE.encode_moments`` runs without gradients (it is the inference API), so training
+walks the same chunks here with gradients enabled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cineforge.errors import CineforgeError
+from cineforge.models.wan_vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAE, WanVAEConfig
+from cineforge.train.config import TrainConfig, build_model_config
+from cineforge.train.data import shapes_world
+from cineforge.train.export import save_weights, write_model_config
+from cineforge.train.loop import StepLoss
+
+VAE_CONFIGS = {"wan2.1": WAN_VAE_2_1, "tiny": WAN_VAE_TINY}
+
+
+def vae_config(name: str, overrides: dict[str, Any]) -> WanVAEConfig:
+    """A base config from ``VAE_CONFIGS`` with ``overrides``; the latent statistics default to
+    identity (training works on raw latents; export measures the real ones)."""
+    if name not in VAE_CONFIGS:
+        raise CineforgeError(f"unknown VAE model {name!r}; choose one of {sorted(VAE_CONFIGS)}")
+    overrides = dict(overrides)
+    z_dim = overrides.get("z_dim", VAE_CONFIGS[name].z_dim)
+    if isinstance(z_dim, int) and z_dim > 0:
+        overrides.setdefault("latents_mean", (0.0,) * z_dim)
+        overrides.setdefault("latents_std", (1.0,) * z_dim)
+    return build_model_config(VAE_CONFIGS[name], overrides, "WanVAEConfig")
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over latent elements of KL(N(mu, exp(logvar)) || N(0, 1))."""
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).mean()
+
+
+def psnr(mse: float) -> float:
+    """PSNR in dB of frames in [-1, 1] (peak-to-peak 2)."""
+    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
+
+
+class VAETask:
+    name = "vae"
+    work_unit = "pixels"
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.objective = config.vae
+        model_config = vae_config(config.model.name, config.model.overrides)
+        ratio = model_config.spatial_ratio
+        if config.vae.crop % ratio or config.data.height % ratio or config.data.width % ratio:
+            raise CineforgeError(f"vae.crop and the frame size must be multiples of {ratio}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # PyTorch's default init draws from the global RNG
+            self.model = WanVAE(model_config)
+        self.images = shapes_world(config.data, "train_images", image_fraction=1.0)
+        self.videos = shapes_world(config.data, "train_videos", image_fraction=0.0)
+        self.position = {"images": 0, "videos": 0}
+        self.val = {
+            "image": _first(shapes_world(config.data, "val_images", 1.0), config.vae.val_images),
+            "video": _first(shapes_world(config.data, "val_videos", 0.0), config.vae.val_videos),
+        }
+
+    # ------------------------------------------------------------------ data
+
+    def next_batch(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``{"image": B,3,1,c,c, "video": B,3,clip_frames,c,c}`` (absent when 0 items)."""
+        batch = {}
+        for kind, world, n in (("image", self.images, self.config.batch.images),
+                               ("video", self.videos, self.config.batch.videos)):
+            key = kind + "s"
+            start = self.position[key]
+            self.position[key] += n
+            if n:
+                items = [world[i]["video"] for i in range(start, start + n)]
+                batch[kind] = torch.stack([self._window(x, generator) for x in items])
+        return batch
+
+    def _window(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A random crop (``vae.crop``) of a random ``vae.clip_frames`` window."""
+        _, frames, height, width = video.shape
+        length = min(self.objective.clip_frames, frames)
+        crop_h = self.objective.crop or height
+        crop_w = self.objective.crop or width
+        t0 = _randint(frames - length + 1, generator)
+        y0 = _randint(height - crop_h + 1, generator)
+        x0 = _randint(width - crop_w + 1, generator)
+        return video[:, t0 : t0 + length, y0 : y0 + crop_h, x0 : x0 + crop_w]
+
+    def data_state(self) -> dict[str, int]:
+        return dict(self.position)
+
+    def load_data_state(self, state: dict[str, int]) -> None:
+        self.position = {k: int(v) for k, v in state.items()}
+
+    # ------------------------------------------------------------------ objective
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
+             generator: torch.Generator) -> StepLoss:
+        o, device = self.objective, _device(model)
+        total = sum(x.numel() for x in batch.values())
+        loss = torch.zeros((), device=device)
+        parts: dict[str, float] = {}
+        for kind, video in batch.items():
+            video = video.to(device)
+            mu, logvar = model.moments(video)
+            logvar = logvar.clamp(-30.0, 20.0)
+            z = mu
+            if o.sample:
+                noise = torch.randn(mu.shape, generator=generator).to(device)  # drawn on CPU
+                z = mu + (0.5 * logvar).exp() * noise
+            err = model.decode_raw(z) - video
+            l1, mse, kl = err.abs().mean(), err.square().mean(), kl_divergence(mu, logvar)
+            part = o.l1 * l1 + o.mse * mse + o.kl * kl
+            loss = loss + part * (video.numel() / total)
+            parts.update({f"loss_{kind}": part.item(), f"l1_{kind}": l1.item(),
+                          f"mse_{kind}": mse.item(), f"kl_{kind}": kl.item()})
+        pixels = sum(x.numel() // x.shape[1] for x in batch.values())
+        return StepLoss(loss, parts, pixels)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Posterior-mean reconstructions of the fixed held-aside items at full size."""
+        out = {}
+        for kind, video in self.val.items():
+            if video is None:
+                continue
+            video = video.to(_device(model))
+            err = model.decode(model.encode(video)) - video
+            l1, mse = float(err.abs().mean()), float(err.square().mean())
+            out[f"val_{kind}_loss"] = self.objective.l1 * l1 + self.objective.mse * mse
+            out.update({f"val_{kind}_l1": l1, f"val_{kind}_mse": mse,
+                        f"val_{kind}_psnr": psnr(mse)})
+        return out
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, model: nn.Module, folder: Path) -> list[Path]:
+        return export_vae(model, self.config, Path(folder))
+
+
+@torch.no_grad()
+def latent_stats(model: WanVAE, config: TrainConfig) -> tuple[tuple[float, ...], ...]:
+    """Per-channel mean and std of the raw posterior means of ``vae.stats_items`` items of
+    the run's ``stats`` world (images and clips mixed as in ``data.image_fraction``)."""
+    world = shapes_world(config.data, "stats")
+    mus = [model.encode_moments(world[i]["video"][None].to(_device(model)))[0]
+           for i in range(config.vae.stats_items)]
+    flat = torch.cat([m.transpose(0, 1).flatten(1) for m in mus], dim=1).double()
+    return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-6).tolist())
+
+
+def export_vae(model: WanVAE, config: TrainConfig, folder: Path) -> list[Path]:
+    """``vae.safetensors`` (fp16) and ``vae.json``: the model's config with the measured
+    latent statistics, so its ``encode`` gives roughly zero-mean, unit-variance latents."""
+    mean, std = latent_stats(model, config)
+    model_config = dataclasses.replace(model.config, latents_mean=mean, latents_std=std)
+    return [save_weights(model, folder / "vae.safetensors"),
+            write_model_config(model_config, folder / "vae.json")]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _first(world, n: int) -> torch.Tensor | None:
+    """Items 0..n-1 of a ShapesWorld stacked (all of one kind), or None when n is 0."""
+    return torch.stack([world[i]["video"] for i in range(n)]) if n else None
+
+
+def _randint(n: int, generator: torch.Generator) -> int:
+    return int(torch.randint(n, (1,), generator=generator)) if n > 1 else 0

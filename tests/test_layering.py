@@ -13,13 +13,13 @@ SRC = Path(__file__).parents[1] / "src" / "cineforge"
 
 
 def _imports(path: Path) -> set[str]:
-    found = set()
+    names = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cineforge."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("cineforge."))
-    return found
+            names += [a.name for a in node.names]
+    return {n.split(".")[1] for n in names if n.startswith("cineforge.")}
 
 
 @pytest.mark.parametrize("layer", LAYERS[1:])

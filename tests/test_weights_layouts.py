@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -104,3 +105,19 @@ def test_bf16_load_keeps_values(tmp_path):
     w = loaded.patch_embedding.weight
     assert w.dtype == torch.bfloat16
     torch.testing.assert_close(w.float(), dit.patch_embedding.weight.bfloat16().float())
+
+
+def test_embedded_preset_loads_without_a_folder(tmp_path, monkeypatch):
+    from cineforge.weights import loader
+    from cineforge.weights.loader import save_components
+
+    dit, vae = _reference_models()
+    save_components(tmp_path / "toy", dit=dit, vae=vae, dtype=torch.float16)
+    monkeypatch.setattr(loader, "ASSETS", tmp_path)
+    embedded = dataclasses.replace(PRESET, embedded="toy")
+    parts = load_pipeline_components(embedded, None)
+    assert parts.dit.patch_embedding.weight.dtype == torch.float32  # fp16 files, fp32 model
+    torch.testing.assert_close(parts.dit.patch_embedding.weight,
+                               dit.patch_embedding.weight.half().float())
+    with pytest.raises(CineforgeError, match="needs --weights"):
+        load_pipeline_components(PRESET, None)

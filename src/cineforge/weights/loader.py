@@ -31,6 +31,7 @@ from cineforge.weights.wan_dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_
 from cineforge.weights.wan_vae_keys import WAN_VAE_FROM_DIFFUSERS, WAN_VAE_FROM_OFFICIAL
 
 IDENTITY = KeyMap("cineforge", rules=((r"(.+)", r"\1"),))
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # embedded weights (the demo model)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,10 @@ def load_text_encoder(
 def load_pipeline_components(
     preset: Preset, folder: Path | None, *, dtype: torch.dtype = torch.float32
 ) -> Components:
-    """Load DiT (``dtype``), VAE (fp32) and text encoder of ``preset`` from ``folder``."""
+    """Load DiT (``dtype``), VAE (fp32) and text encoder of ``preset`` from ``folder``
+    (default: the weights embedded in the package, for presets that ship them)."""
+    if folder is None and preset.embedded:
+        folder = ASSETS / preset.embedded
     if folder is None:
         raise CineforgeError(f"preset {preset.name} needs --weights DIR; {download_hint(preset)}")
     folder = Path(folder)

@@ -37,6 +37,7 @@ class Preset:
     sampler: SamplerDefaults
     hub_repo: str | None = None  # official release (the layout its files follow)
     diffusers_repo: str | None = None  # the same weights in diffusers layout
+    embedded: str | None = None  # weights ship inside the package: cineforge/assets/<name>
 
     def __post_init__(self) -> None:
         if self.width % 16 or self.height % 16 or (self.frames - 1) % 4:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cineforge.models.nabla import NablaAttention
+
 AttentionFn = Callable[..., torch.Tensor]
 
 
@@ -23,7 +25,10 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-_BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention}
+_BACKENDS: dict[str, AttentionFn] = {
+    "sdpa": sdpa_attention,
+    "nabla": NablaAttention(),  # block-sparse for calls whose mask is a NablaGrid; see nabla.py
+}
 
 
 def register_attention_backend(name: str, fn: AttentionFn) -> None:

@@ -23,6 +23,9 @@ items of different shapes as one sequence (``models.packing``): block-diagonal m
 attention inside each item, RoPE restarts per item, and each token is modulated by its
 item's time, so it equals ``forward`` on each item alone.
 
+With a NABLA backend, ``forward`` runs the blocks in tile order (``models.sparse_layout``): only
+self-attention is block-sparse, cross-attention is dense SDPA; ``forward_packed`` refuses NABLA.
+
 Module names equal the official release's (``wan/modules/model.py``), so official weights
 load through a near-identity key map.
 
@@ -45,8 +48,10 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import AttentionFn, get_attention_backend
+from cineforge.models.nabla import NablaGrid
 from cineforge.models.packing import block_diagonal_mask, check_pack, packed_rope_cis, segment_ids
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
+from cineforge.models.sparse_layout import self_attention_layout, uses_tile_order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +139,7 @@ class FP32RMSNorm(nn.RMSNorm):
 
 class WanAttention(nn.Module):
     """Multi-head attention with q/k RMSNorm across heads; RoPE when ``cis`` is given;
-    ``mask`` (boolean, True = attend) goes to the backend as is."""
+    ``mask`` (boolean, True = attend, or a ``NablaGrid``) goes to the backend as is."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, attention: AttentionFn):
         super().__init__()
@@ -152,7 +157,7 @@ class WanAttention(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor,
         cis: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | NablaGrid | None = None,
     ) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # B, L, H, D
@@ -171,7 +176,8 @@ class WanBlock(nn.Module):
         self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = WanAttention(dim, config.num_heads, eps, attention)
         self.norm3 = FP32LayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
-        self.cross_attn = WanAttention(dim, config.num_heads, eps, attention)
+        cross = get_attention_backend("sdpa") if uses_tile_order(attention) else attention
+        self.cross_attn = WanAttention(dim, config.num_heads, eps, cross)
         self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(
             nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
@@ -185,7 +191,7 @@ class WanBlock(nn.Module):
         e0: torch.Tensor,
         context: torch.Tensor,
         cis: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | NablaGrid | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: B, L, dim; e0: B, 1, 6, dim or B, L, 6, dim (fp32); masks: B|1, 1, L, L|M."""
@@ -219,7 +225,7 @@ class WanDiT(nn.Module):
     def __init__(self, config: WanDiTConfig):
         super().__init__()
         self.config = c = config
-        attention = get_attention_backend(c.attention)
+        self.attention_backend = attention = get_attention_backend(c.attention)
         self.patch_embedding = nn.Conv3d(c.in_channels, c.dim, c.patch_size, c.patch_size)
         self.text_embedding = nn.Sequential(
             nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
@@ -241,6 +247,7 @@ class WanDiT(nn.Module):
         c = self.config
         t = torch.as_tensor(t, device=x.device)
         grid = self._check_inputs(x, t, context)
+        layout = self_attention_layout(self.attention_backend, grid, x.device)
         dtype = self.patch_embedding.weight.dtype
 
         tokens = self._patchify(x)
@@ -248,8 +255,10 @@ class WanDiT(nn.Module):
         e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]))
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
 
+        tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
         for block in self.blocks:
-            tokens = block(tokens, e0[:, None], context, cis)
+            tokens = block(tokens, e0[:, None], context, cis, layout.mask)
+        tokens = layout.to_raster(tokens)
         with torch.autocast(x.device.type, enabled=False):
             out = self.head(tokens, e[:, None])
         return self.unpatchify(out, grid).to(x.dtype)
@@ -264,6 +273,11 @@ class WanDiT(nn.Module):
         on the padded context exactly). Returns N velocities C_out, T_i, H_i, W_i.
         """
         c = self.config
+        if uses_tile_order(self.attention_backend):
+            raise CineforgeError(
+                f"forward_packed does not support the NABLA attention backend {c.attention!r}; "
+                "set flow.packing: false, or use the 'sdpa' backend for packed training"
+            )
         device = latents[0].device if latents else None
         t = torch.as_tensor(t, device=device).reshape(-1)
         check_pack(latents, t, contexts)

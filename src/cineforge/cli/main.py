@@ -83,7 +83,7 @@ def _presets(args: argparse.Namespace) -> int:
         rows.append((p.name, f"{p.width}x{p.height}", str(p.frames), str(p.sampler.steps), source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
     return 0
 
 

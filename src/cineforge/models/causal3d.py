@@ -163,3 +163,13 @@ def _ramp(size: int, ramp: int, rise: bool, fall: bool, like: torch.Tensor) -> t
     if fall:
         w[size - n :] = torch.minimum(w[size - n :], steps[:n].flip(0))
     return w
+
+
+def posterior_sample(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A draw ``mu + exp(logvar / 2) * eps`` from a VAE's diagonal Gaussian posterior, with
+    ``eps`` from ``generator`` (log-variance clamped to [-30, 20] as the releases do)."""
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + std * noise

@@ -39,6 +39,7 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
+from cineforge.models.causal3d import posterior_sample
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -336,11 +337,7 @@ class HunyuanVAE(nn.Module):
         ``z`` is the posterior mean, or with ``sample=True`` a draw from the posterior.
         """
         mu, logvar = self.encode_moments(video, tiling=tiling)
-        z = mu
-        if sample:
-            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
-            z = mu + std * noise
+        z = posterior_sample(mu, logvar, generator) if sample else mu
         return z * self.config.scaling_factor
 
     @torch.no_grad()

@@ -28,7 +28,13 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
-from cineforge.models.causal3d import CHANNELS_LAST, CausalCache, CausalConv3d, decode_tiled
+from cineforge.models.causal3d import (
+    CHANNELS_LAST,
+    CausalCache,
+    CausalConv3d,
+    decode_tiled,
+    posterior_sample,
+)
 
 # Per-channel statistics of Wan 2.1 latents, as published with the release.
 WAN21_LATENTS_MEAN = (
@@ -342,11 +348,7 @@ class WanVAE(nn.Module):
         The posterior mean, or with ``sample=True`` a draw from the posterior.
         """
         mu, logvar = self.encode_moments(video)
-        z = mu
-        if sample:
-            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
-            z = mu + std * noise
+        z = posterior_sample(mu, logvar, generator) if sample else mu
         return self.normalize(z)
 
     @torch.no_grad()

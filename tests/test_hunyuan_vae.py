@@ -27,6 +27,7 @@ from cineforge.weights.hunyuan_vae_keys import (
     HUNYUAN_VAE_FROM_OFFICIAL,
 )
 from cineforge.weights.keymap import check_state_dict, load_strict
+from oracles import perturb
 
 TOL = 1e-4
 WHOLE = HunyuanTiling(frames=1000, frame_stride=4)  # one window for any test clip
@@ -64,11 +65,7 @@ def _one_thread():
 def pair():
     """diffusers' tiny VAE (every parameter perturbed) and ours with the same weights."""
     torch.manual_seed(0)
-    ref = diffusers_vae(HUNYUAN_VAE_TINY).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    ref = perturb(diffusers_vae(HUNYUAN_VAE_TINY), seed=1)
     with torch.device("meta"):
         ours = HunyuanVAE(HUNYUAN_VAE_TINY)
     load_strict(ours, HUNYUAN_VAE_FROM_DIFFUSERS.convert(ref.state_dict()))

@@ -4,6 +4,9 @@ Frames on disk are uint8 ``T, H, W, 3`` (RGB); video tensors are float ``C, T, H
 ``1, C, T, H, W``) in [-1, 1]. ``write_video`` picks the format from the extension:
 
 - ``.mp4``: H.264 (libx264), yuv420p, constant quality ``crf``; width and height must be even.
+  x264's macroblock-tree rate control is off (``mbtree=0``): with it, identical frames
+  encoded to different pixels in up to 10 of 16 runs here (threaded or not), and a seed
+  must reproduce the file, not only the tensor.
 - ``.webm``: VP9 (libvpx-vp9), yuv420p, constant quality ``crf``; even sizes too.
 - ``.gif``: FFmpeg's GIF encoder, one 256-colour palette per frame (Pillow median cut),
   looping forever. GIF stores delays in 1/100 s, so 16 fps reads back as 16.67.
@@ -90,7 +93,8 @@ def _write_encoded(path: Path, codec: str, frames: np.ndarray, fps: Fraction, cr
             f"crop or resize to {width - width % 2}x{height - height % 2}, or write .gif/.png"
         )
     with av.open(str(path), "w") as container:
-        options = {"crf": str(crf)} | ({"b": "0"} if codec == "libvpx-vp9" else {})
+        extra = {"b": "0"} if codec == "libvpx-vp9" else {"x264-params": "mbtree=0"}
+        options = {"crf": str(crf)} | extra
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         _encode(container, stream, (av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames))

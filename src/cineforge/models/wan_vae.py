@@ -196,6 +196,13 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, 3, stride=2)
         self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
+        if self.time_conv is not None:  # start as the mean of each pair of frames
+            with torch.no_grad():
+                eye = torch.eye(dim)
+                self.time_conv.weight.zero_()
+                self.time_conv.weight[:, :, 1, 0, 0] = 0.5 * eye
+                self.time_conv.weight[:, :, 2, 0, 0] = 0.5 * eye
+                self.time_conv.bias.zero_()
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = conv2d_per_frame(F.pad(x, (0, 1, 0, 1)), self.conv, stride=(1, 2, 2))
@@ -220,6 +227,13 @@ class Upsample(nn.Module):
         self.time_conv = (
             CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0)) if temporal else None
         )
+        if self.time_conv is not None:  # start by repeating each frame twice
+            with torch.no_grad():
+                eye = torch.eye(dim)
+                self.time_conv.weight.zero_()
+                self.time_conv.weight[:dim, :, 2, 0, 0] = eye
+                self.time_conv.weight[dim:, :, 2, 0, 0] = eye
+                self.time_conv.bias.zero_()
         self.conv = nn.Conv2d(dim, dim // 2, 3, padding=1)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:

@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 from cineforge.cli.options import GenerateOptions, check_prompt
 from cineforge.errors import CineforgeError
 from cineforge.io.video import write_video
-from cineforge.pipelines.t2v import TextToVideo, VideoRequest
+from cineforge.pipelines.common import VideoRequest
+from cineforge.pipelines.select import check_preset_request, pipeline_for
 from cineforge.weights.loader import load_pipeline_components
 from cineforge.weights.offload import make_placement
 from cineforge.weights.presets import get_preset
@@ -59,11 +60,13 @@ def build_request(opts: GenerateOptions) -> VideoRequest:
 def run_generate(opts: GenerateOptions) -> list[Path]:
     preset = get_preset(opts.preset)
     request = build_request(opts)  # validate everything before loading GBs of weights
-    TextToVideo.check_request(request, preset.dit, preset.vae)
+    check_preset_request(preset, request)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     components = load_pipeline_components(preset, opts.weights, dtype=dtype)
-    pipe = TextToVideo(components, placement=make_placement(opts.offload, device), dtype=dtype)
+    pipe = pipeline_for(
+        preset, components, placement=make_placement(opts.offload, device), dtype=dtype
+    )
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

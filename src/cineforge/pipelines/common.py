@@ -1,0 +1,175 @@
+"""What every text-to-video pipeline shares: the request, its checks and the stage order.
+
+    conditions (text -> DiT inputs) -> initial latents -> denoise (yields steps) -> decode
+
+``FlowPipeline`` runs the stages; a model family says only how it builds its conditioning
+(``conditions``), what its latents look like (``latent_shape``, ``initial_latents``) and how
+it decodes. The DiT is called as ``dit(x, t, **conditioning)``; classifier-free guidance,
+the solver and offloading wrap that call, never the loop. Progress goes to an optional
+``progress(stage, done, total)`` callback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cineforge.errors import CineforgeError
+from cineforge.sampling import SolverStep, get_solver, guided_velocity, initial_noise
+from cineforge.weights.offload import Resident
+
+Progress = Callable[[str, int, int], None]
+Conditioning = dict[str, Any]  # keyword arguments of the DiT besides x and t
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    prompt: str
+    width: int
+    height: int
+    frames: int
+    steps: int
+    guidance: float
+    shift: float
+    negative: str = ""
+    solver: str = "unipc"
+    seed: int = 0
+
+
+def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> None:
+    """Raise a CineforgeError for a request that models with this pixel ``multiple`` (VAE
+    ratio x DiT patch) and VAE ``temporal_ratio`` cannot honour."""
+    if r.width <= 0 or r.height <= 0 or r.width % multiple or r.height % multiple:
+        raise CineforgeError(
+            f"size {r.width}x{r.height} is not a multiple of {multiple}; "
+            f"use e.g. {round_to(r.width, multiple)}x{round_to(r.height, multiple)}"
+        )
+    t = temporal_ratio
+    if r.frames < 1 or (r.frames - 1) % t:
+        lower = max(1, (r.frames - 1) // t * t + 1)
+        raise CineforgeError(
+            f"--frames {r.frames} is not of the form {t}k+1; use {lower} or {lower + t}"
+        )
+    if not r.prompt.strip():
+        raise CineforgeError("the prompt is empty; describe the video to generate")
+    if r.steps < 1:
+        raise CineforgeError(f"--steps must be at least 1, got {r.steps}")
+    if r.guidance < 0:
+        raise CineforgeError(f"--guidance must be >= 0, got {r.guidance}")
+    if r.shift <= 0:
+        raise CineforgeError(f"--shift must be > 0, got {r.shift}")
+    get_solver(r.solver)
+
+
+def round_to(n: int, multiple: int) -> int:
+    return max(multiple, round(n / multiple) * multiple)
+
+
+class FlowPipeline:
+    """DiT + VAE + text encoder(s) (a ``cineforge.weights.loader.Components``), run in the
+    shared stage order. Subclasses implement ``check``, ``conditions``, ``latent_shape`` and
+    ``decode``."""
+
+    def __init__(self, components, *, placement=None, dtype: torch.dtype = torch.float32):
+        self.dit: nn.Module = components.dit
+        self.vae: nn.Module = components.vae
+        self.text_encoder = components.text_encoder
+        self.placement = placement or Resident("cpu")
+        self.dtype = dtype
+
+    # --- what a family defines -------------------------------------------------------
+    def check(self, r: VideoRequest) -> None:
+        raise NotImplementedError
+
+    def conditions(
+        self, prompts: Sequence[str], r: VideoRequest
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """DiT inputs for the prompts and, when ``r.guidance`` is on, for the negative."""
+        raise NotImplementedError
+
+    def latent_shape(self, r: VideoRequest, batch: int = 1) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor, *, tile: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def initial_latents(self, r: VideoRequest, batch: int) -> torch.Tensor:
+        """Standard normal float32 latents from ``r.seed``."""
+        generator = torch.Generator().manual_seed(r.seed)
+        return initial_noise(self.latent_shape(r, batch), generator)
+
+    def schedule(self, steps: int, shift: float, solver: str) -> tuple[torch.Tensor, ...]:
+        """``(sigmas, times)`` the solver walks (its own schedule by default)."""
+        return get_solver(solver).schedule(steps, shift)
+
+    # --- the shared stages -----------------------------------------------------------
+    def sample(
+        self,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        noise: torch.Tensor,
+        *,
+        steps: int,
+        guidance: float,
+        shift: float,
+        solver: str = "unipc",
+    ) -> Iterator[SolverStep]:
+        """Yield every solver step from ``noise`` (float32 latents) to the clean latents;
+        the DiT sees ``dit(x, t, **cond)`` (and ``**uncond`` under guidance)."""
+        chosen = get_solver(solver)
+        sigmas, times = self.schedule(steps, shift, solver)
+        with self.placement.use(self.dit) as dit:
+            device = next(dit.parameters()).device
+            cond = _to(cond, device, self.dtype)
+            uncond = cond if uncond is None else _to(uncond, device, self.dtype)
+
+            def model(x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+                with torch.no_grad():
+                    return dit(x.to(self.dtype), t, **kwargs).float()
+
+            velocity = guided_velocity(model, cond, uncond, guidance)
+            yield from chosen.steps(velocity, noise.to(device), sigmas.to(device), times.to(device))
+
+    def __call__(
+        self,
+        r: VideoRequest,
+        *,
+        prompts: Sequence[str] | None = None,
+        progress: Progress | None = None,
+        vae_tile: int | None = None,
+    ) -> torch.Tensor:
+        """Video(s) in [-1, 1], ``B, 3, T, H, W``: one per prompt (default: ``r.prompt``),
+        all with the settings of ``r``; noise for the batch comes from ``r.seed``."""
+        prompts = [r.prompt] if prompts is None else list(prompts)
+        for p in prompts:
+            self.check(dataclasses.replace(r, prompt=p))
+        report = progress or (lambda stage, done, total: None)
+        cond, uncond = self.conditions(prompts, r)
+        latents = self.initial_latents(r, len(prompts))
+        report("denoise", 0, r.steps)
+        steps = self.sample(
+            cond, uncond, latents, steps=r.steps, guidance=r.guidance, shift=r.shift,
+            solver=r.solver,
+        )
+        for step in steps:
+            latents = step.x
+            report("denoise", step.index + 1, step.total)
+        report("decode", 0, 1)
+        video = self.decode(latents, tile=vae_tile)
+        report("decode", 1, 1)
+        return video
+
+
+def _to(values: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Conditioning:
+    """Floating tensors to ``device`` and ``dtype``, other tensors to ``device``, the rest as is."""
+    out = {}
+    for name, v in values.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, dtype) if v.is_floating_point() else v.to(device)
+        out[name] = v
+    return out

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the VAE or the DiT; export weights")
     add_train_arguments(train)
     train.set_defaults(run=_train)
+
+    from cineforge.cli.curate import add_curate_arguments  # argparse only
+
+    curate = commands.add_parser("curate", help="curate videos: ingest, run, status, export")
+    add_curate_arguments(curate)
+    curate.set_defaults(run=_curate)
     return parser
 
 
@@ -63,6 +69,12 @@ def _train(args: argparse.Namespace) -> int:
     from cineforge.cli.train import run_train
 
     return run_train(args)
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from cineforge.cli.curate import run_curate
+
+    return run_curate(args)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -1,0 +1,309 @@
+"""The curation catalog: sources, scenes, per-stage tasks, metrics, captions and latent shards.
+
+One SQLAlchemy schema on two engines: a SQLite file (WAL journal, every transaction
+``BEGIN IMMEDIATE`` so writers queue instead of failing) for one machine, PostgreSQL by URL
+(``postgresql://user@host/db``, driven by psycopg 3) for many. ``open_catalog`` takes either
+a URL or a plain file path and creates the tables that are missing.
+
+A scene is ``active`` until a stage rejects it with a reason; each (stage, item) pair has one
+``Task`` row whose state moves pending -> claimed -> done (or failed, with the error), see
+``claims``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from cineforge.errors import CineforgeError
+
+STAGES = ("split", "dedup", "filters", "caption", "encode")  # pipeline order
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Source(Base):
+    """A registered video file and what probing it found (or why it is unusable)."""
+
+    __tablename__ = "sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | rejected
+    reason: Mapped[str | None] = mapped_column(Text)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    fps: Mapped[float | None] = mapped_column(Float)
+    frames: Mapped[int | None] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    bitrate: Mapped[int | None] = mapped_column(BigInteger)
+    codec: Mapped[str | None] = mapped_column(String(32))
+    added_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class Scene(Base):
+    """Frames ``[start_frame, end_frame)`` of a source, with the crop that removes its black
+    borders. ``status`` is ``active`` until a stage rejects it (``reject_stage``,
+    ``reject_reason``)."""
+
+    __tablename__ = "scenes"
+    __table_args__ = (UniqueConstraint("source_id", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # position within its source
+    start_frame: Mapped[int] = mapped_column(Integer)
+    end_frame: Mapped[int] = mapped_column(Integer)  # exclusive
+    fps: Mapped[float] = mapped_column(Float)
+    crop_x: Mapped[int] = mapped_column(Integer, default=0)
+    crop_y: Mapped[int] = mapped_column(Integer, default=0)
+    crop_w: Mapped[int] = mapped_column(Integer)
+    crop_h: Mapped[int] = mapped_column(Integer)
+    brightness: Mapped[float | None] = mapped_column(Float)  # mean luma, 0..255
+    clip_path: Mapped[str | None] = mapped_column(String(1024))  # transcoded copy, if any
+    phash: Mapped[int | None] = mapped_column(BigInteger)  # signed 64-bit perceptual hash
+    duplicate_of: Mapped[int | None] = mapped_column(Integer)  # the kept scene it repeats
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | rejected
+    reject_stage: Mapped[str | None] = mapped_column(String(16))
+    reject_reason: Mapped[str | None] = mapped_column(String(64))
+    shard_id: Mapped[int | None] = mapped_column(ForeignKey("shards.id"))
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_frame - self.start_frame) / self.fps
+
+
+class Task(Base):
+    """One unit of work: ``stage`` applied to ``item_id`` (a source for split, else a scene).
+    ``token`` fences completion: only the holder of the current claim may finish it."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("stage", "item_id"),
+        Index("ix_tasks_claimable", "stage", "state", "lease_until"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    item_id: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|claimed|done|failed
+    worker: Mapped[str | None] = mapped_column(String(128))
+    token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Metric(Base):
+    """A number a stage measured on a scene (motion, sharpness, text_fraction, ...)."""
+
+    __tablename__ = "metrics"
+    scene_id: Mapped[int] = mapped_column(ForeignKey("scenes.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Caption(Base):
+    __tablename__ = "captions"
+    __table_args__ = (UniqueConstraint("scene_id", "captioner"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scene_id: Mapped[int] = mapped_column(ForeignKey("scenes.id"), index=True)
+    captioner: Mapped[str] = mapped_column(String(64))  # "manual", "ground_truth", model name
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Shard(Base):
+    """A file of pre-encoded latents of one aspect-ratio/length bucket."""
+
+    __tablename__ = "shards"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    bucket: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer)
+
+
+def catalog_url(db: str | Path) -> str:
+    """A SQLAlchemy URL from a URL or a plain path (a SQLite file)."""
+    text = str(db)
+    if "://" not in text:
+        return f"sqlite:///{Path(text).expanduser().resolve()}"
+    if text.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver we ship
+        return "postgresql+psycopg://" + text.split("://", 1)[1]
+    return text
+
+
+def open_catalog(db: str | Path, *, create: bool = True) -> Engine:
+    """An engine for the catalog at ``db`` (URL or SQLite path), tables created if missing."""
+    url = catalog_url(db)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CineforgeError(
+            f"cannot parse catalog URL {db!r}; use a file path or postgresql://user@host/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(url, parsed.database)
+    else:
+        try:
+            engine = create_engine(url, pool_pre_ping=True)
+        except (NoSuchModuleError, ModuleNotFoundError) as exc:
+            raise CineforgeError(
+                f"no database driver for {parsed.drivername} ({exc}); "
+                "install it, e.g. pip install 'psycopg[binary]'"
+            ) from None
+    try:
+        if create:
+            _create_tables(engine)
+        else:
+            engine.connect().close()
+    except OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        raise CineforgeError(
+            f"cannot open the catalog {parsed.render_as_string(hide_password=True)} ({first}); "
+            "check the URL and that the database server is running"
+        ) from None
+    return engine
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables (ours and the near-duplicate index's) in one transaction that
+    workers starting together take in turn: PostgreSQL's concurrent CREATE TABLEs of one name
+    fail, so they wait on an advisory lock (SQLite's BEGIN IMMEDIATE already serialises)."""
+    from cineforge.data.curate.phash import HashIndex
+
+    with engine.begin() as conn:
+        if is_postgres(engine):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+        Base.metadata.create_all(conn)
+        HashIndex(engine).metadata.create_all(conn)
+
+
+_DDL_LOCK = 0x63667467  # any constant shared by all cineforge workers ("cftg")
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:" and not Path(database).parent.is_dir():
+        raise CineforgeError(
+            f"folder of the catalog file {database} does not exist; create it first"
+        )
+    engine = create_engine(url, connect_args={"timeout": 60.0})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # Take the write lock at the start: a deferred transaction that later upgrades to a
+        # writer can fail with "database is locked" instead of waiting its turn.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def task_counts(session: Session) -> dict[str, dict[str, int]]:
+    """``{stage: {state: count}}`` over all tasks."""
+    rows = session.execute(
+        select(Task.stage, Task.state, func.count()).group_by(Task.stage, Task.state)
+    ).all()
+    counts: dict[str, dict[str, int]] = {}
+    for stage, state, n in rows:
+        counts.setdefault(stage, {})[state] = n
+    return counts
+
+
+@dataclass(frozen=True)
+class Summary:
+    sources: dict[str, int]  # status -> count
+    source_reasons: dict[str, int]  # reason code ("unreadable", ...) -> count
+    tasks: dict[str, dict[str, int]]  # stage -> state -> count
+    scenes: dict[str, int]  # status -> count
+    rejects: dict[tuple[str, str], int]  # (stage, reason) -> count
+
+
+def _count_by(session: Session, column) -> dict:
+    return dict(session.execute(select(column, func.count()).group_by(column)).tuples().all())
+
+
+def summary(session: Session) -> Summary:
+    """Counts per status, stage and reject reason: what ``cineforge curate status`` shows."""
+    sources = _count_by(session, Source.status)
+    reasons = Counter(
+        (r or "").split(":", 1)[0]
+        for r in session.scalars(select(Source.reason).where(Source.status == "rejected"))
+    )
+    scenes = _count_by(session, Scene.status)
+    rejects = session.execute(
+        select(Scene.reject_stage, Scene.reject_reason, func.count())
+        .where(Scene.status == "rejected")
+        .group_by(Scene.reject_stage, Scene.reject_reason)
+    ).all()
+    return Summary(sources, dict(reasons), task_counts(session), scenes,
+                   {(stage, reason): n for stage, reason, n in rejects})
+
+
+def export_rows(session: Session, after: str = "filters") -> list[dict]:
+    """The kept scenes: active, with the ``after`` stage done; one JSON-able dict each
+    (source, frame range, seconds, crop, metrics, captions, shard)."""
+    done = select(Task.item_id).where(Task.stage == after, Task.state == "done")
+    query = (
+        select(Scene, Source.path)
+        .join(Source, Source.id == Scene.source_id)
+        .where(Scene.status == "active", Scene.id.in_(done))
+        .order_by(Scene.id)
+    )
+    kept = query.with_only_columns(Scene.id).order_by(None).scalar_subquery()
+    metrics: dict[int, dict[str, float]] = {}
+    for m in session.scalars(select(Metric).where(Metric.scene_id.in_(kept))):
+        metrics.setdefault(m.scene_id, {})[m.name] = m.value
+    captions: dict[int, dict[str, str]] = {}
+    for c in session.scalars(select(Caption).where(Caption.scene_id.in_(kept))):
+        captions.setdefault(c.scene_id, {})[c.captioner] = c.text
+    shards = dict(session.execute(select(Shard.id, Shard.path)).tuples().all())
+    return [
+        {
+            "scene_id": s.id, "source": path, "clip": s.clip_path,
+            "start_frame": s.start_frame, "end_frame": s.end_frame, "fps": s.fps,
+            "start_s": round(s.start_frame / s.fps, 4), "end_s": round(s.end_frame / s.fps, 4),
+            "crop": [s.crop_x, s.crop_y, s.crop_w, s.crop_h], "brightness": s.brightness,
+            "metrics": metrics.get(s.id, {}), "captions": captions.get(s.id, {}),
+            "shard": shards.get(s.shard_id),
+        }
+        for s, path in session.execute(query).tuples()
+    ]

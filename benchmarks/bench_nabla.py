@@ -11,7 +11,12 @@ Inputs: ``random`` (i.i.d. normal q, k, v: block means are near zero, the block 
 almost uniform, so P = 0.9 keeps ~90 % of blocks: the worst case), and ``smooth gain g``
 (structured: q and k are RMS-normalised smooth random fields over the (T, H, W) grid, shared
 between q and k plus independent noise, times a gain g; v is another smooth field), which
-has the spatial locality NABLA relies on. A trained model's q/k/v is still to be added.
+has the spatial locality NABLA relies on. ``demo model``: q, k, v of a self-attention layer
+of the shipped demo DiT (4 heads x 64) on a real clip: a ShapesWorld clip rendered at the
+size whose latent token grid is the benchmark's grid (32x32 tokens = 512x512 pixels; 32
+latent frames = 125 frames), encoded by the demo VAE, noised to flow time 0.5, run through
+the DiT with dense attention up to ``DEMO_LAYER``; tokens permuted into tile order. The demo
+trained at 64x64 and 17 frames, so this also shows its q/k at sizes it never saw.
 
     python benchmarks/bench_nabla.py
 """
@@ -24,13 +29,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cineforge.errors import CineforgeError
 from cineforge.models.nabla import NablaAttention, NablaGrid, tile_order
 
 HEADS, DIM = 8, 64
 GRIDS = ((4, 32, 32), (16, 32, 32), (32, 32, 32))  # token grids: 4k, 16k, 32k tokens
 NABLA = NablaAttention(p=0.9, sta_window=(11, 3, 3))
 CORRELATION = (4, 16, 16)  # smooth fields: one random value per 4 x 16 x 16 tokens, trilinear
-KINDS = ("smooth gain 1.5", "smooth gain 1.0", "random")
+KINDS = ("demo model", "smooth gain 1.5", "smooth gain 1.0", "random")
+DEMO_LAYER = 4  # of 8: the fifth block's self-attention
+DEMO_PROMPT = "a red circle moves to the right on a dark blue background"
 SAMPLE_EVERY = 8  # relative error over every 8th query block (exact rows, 1/8 the cost)
 
 
@@ -42,8 +50,49 @@ def _smooth_field(grid: tuple[int, int, int], g: torch.Generator) -> torch.Tenso
     return f.reshape(HEADS, DIM, *grid).permute(0, 2, 3, 4, 1)
 
 
+class _Captured(Exception):
+    def __init__(self, qkv: tuple[torch.Tensor, ...]) -> None:
+        self.qkv = qkv
+
+
+@torch.no_grad()
+def demo_qkv(grid: tuple[int, int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k, v (1, 4, L, 64) of the demo DiT's block ``DEMO_LAYER`` on a clip whose token
+    grid is ``grid``, in tile order. Raises CineforgeError without the embedded weights."""
+    from cineforge.data.shapes import ShapesWorld, ShapesWorldConfig
+    from cineforge.pipelines.select import pipeline_for
+    from cineforge.weights.loader import load_pipeline_components
+    from cineforge.weights.presets import get_preset
+
+    preset = get_preset("demo")
+    pipe = pipeline_for(preset, load_pipeline_components(preset, None))
+    _, ph, pw = preset.dit.patch_size
+    s, r = preset.vae.spatial_ratio, preset.vae.temporal_ratio
+    world = ShapesWorld(ShapesWorldConfig(height=grid[1] * ph * s, width=grid[2] * pw * s,
+                                          frames=1 + (grid[0] - 1) * r, image_fraction=0.0,
+                                          split="heldout", seed=seed))
+    latents = pipe.vae.encode(world[0]["video"][None])
+    g = torch.Generator().manual_seed(seed)
+    x = 0.5 * latents + 0.5 * torch.randn(latents.shape, generator=g)
+    context = pipe.encode_text([DEMO_PROMPT], "", 1.0)[0]
+
+    def capture(q, k, v, mask=None):
+        raise _Captured((q, k, v))
+
+    block = pipe.dit.blocks[DEMO_LAYER].self_attn
+    block.attention = capture
+    try:
+        pipe.dit(x, torch.tensor([0.5]), context)
+    except _Captured as hit:
+        perm = tile_order(*grid)
+        return tuple(t[:, :, perm].contiguous() for t in hit.qkv)
+    raise RuntimeError("the capture hook did not fire")
+
+
 def make_qkv(kind: str, grid: tuple[int, int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """q, k, v (1, HEADS, L, DIM) in tile order."""
+    """q, k, v (1, HEADS, L, DIM) in tile order (``demo model``: the demo's 4 heads)."""
+    if kind == "demo model":
+        return demo_qkv(grid, seed)
     g = torch.Generator().manual_seed(seed)
     L = grid[0] * grid[1] * grid[2]
     if kind == "random":
@@ -81,35 +130,46 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def bench_size(grid: tuple[int, int, int], printer: Callable[[str], None]) -> list[dict]:
-    """Dense timed once (its time does not depend on the values); NABLA timed per input kind,
-    the first kind called twice (compile or recompile at this shape, then a steady call)."""
+    """Dense timed once per head count (its time does not depend on the values); NABLA timed
+    per input kind, the first kind called twice (compile or recompile at this shape, then a
+    steady call). The ``demo model`` kind is skipped, with a note, without its weights."""
     rows = []
     nabla_grid = NablaGrid(*grid)
-    _, t_dense = _timed(lambda: F.scaled_dot_product_attention(*make_qkv("random", grid)))
-    for i, kind in enumerate(KINDS):
-        q, k, v = make_qkv(kind, grid)
-        t_first = 0.0
-        if i == 0:
+    dense: dict[int, float] = {}
+    first = True
+    for kind in KINDS:
+        try:
+            q, k, v = make_qkv(kind, grid)
+        except CineforgeError as exc:
+            printer(f"{grid[0] * grid[1] * grid[2]:6d} {kind:16s} skipped: {exc}")
+            continue
+        if q.shape[1] not in dense:
+            _, dense[q.shape[1]] = _timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(
+                q, k, v))
+        t_dense, t_first = dense[q.shape[1]], 0.0
+        if first:
             _, t_first = _timed(lambda q=q, k=k, v=v: NABLA(q, k, v, mask=nabla_grid))
+            first = False
         sparse, t_nabla = _timed(lambda q=q, k=k, v=v: NABLA(q, k, v, mask=nabla_grid))
         _, t_map = _timed(lambda q=q, k=k: NABLA.block_map(q, k, nabla_grid))
         kept = NABLA.block_map(q, k, nabla_grid).float().mean().item()
         sel = _sampled_rows(q.shape[2], NABLA.block_size)
         err = _rel_err(sparse[:, :, sel], F.scaled_dot_product_attention(q[:, :, sel], k, v))
-        row = dict(tokens=q.shape[2], kind=kind, dense_s=t_dense, nabla_s=t_nabla, map_s=t_map,
-                   compile_s=max(t_first - t_nabla, 0.0), kept=kept, speedup=t_dense / t_nabla,
-                   rel_err=err)
+        row = dict(tokens=q.shape[2], kind=kind, heads=q.shape[1], dense_s=t_dense,
+                   nabla_s=t_nabla, map_s=t_map, compile_s=max(t_first - t_nabla, 0.0),
+                   kept=kept, speedup=t_dense / t_nabla, rel_err=err)
         rows.append(row)
-        printer(f"{row['tokens']:6d} {kind:16s} {t_dense:8.3f} {t_nabla:8.3f} {t_map:7.3f} "
-                f"{kept:6.1%} {row['speedup']:7.2f}x {err:8.2%} {row['compile_s']:9.1f}")
+        printer(f"{row['tokens']:6d} {kind:16s} {q.shape[1]:5d} {t_dense:8.3f} {t_nabla:8.3f} "
+                f"{t_map:7.3f} {kept:6.1%} {row['speedup']:7.2f}x {err:8.2%} "
+                f"{row['compile_s']:9.1f}")
     return rows
 
 
 def run(printer: Callable[[str], None] = print) -> list[dict]:
     printer(f"NABLA p={NABLA.p} sta={NABLA.sta_window} tile={NABLA.tile} vs dense SDPA; "
-            f"1 x {HEADS} heads x {DIM} dims, fp32, {torch.get_num_threads()} threads")
-    printer(f"{'tokens':>6s} {'input':16s} {'dense s':>8s} {'nabla s':>8s} {'map s':>7s} "
-            f"{'kept':>6s} {'speedup':>8s} {'rel err':>8s} {'compile s':>9s}")
+            f"1 x {HEADS} heads (demo: 4) x {DIM} dims, fp32, {torch.get_num_threads()} threads")
+    printer(f"{'tokens':>6s} {'input':16s} {'heads':>5s} {'dense s':>8s} {'nabla s':>8s} "
+            f"{'map s':>7s} {'kept':>6s} {'speedup':>8s} {'rel err':>8s} {'compile s':>9s}")
     rows = []
     for grid in GRIDS:
         rows += bench_size(grid, printer)

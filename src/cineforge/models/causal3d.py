@@ -10,6 +10,8 @@ previous one stopped. Peak memory is that of one chunk, whatever the video's len
   the calls explicitly and keyed by the layer itself (no slot counters).
 - ``CausalConv3d``: a 3D convolution padded on the past side of the time axis only.
 - ``decode_tiled``: decode a latent in overlapping spatial tiles and blend them linearly.
+- ``LatentVideoVAE``: the public API every video VAE shares (normalised latents, posterior
+  draws, tiled decode, input checks) over a subclass's ``moments`` and ``decode_raw``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cineforge.errors import CineforgeError
 
 CHANNELS_LAST = torch.channels_last_3d
 
@@ -173,3 +177,95 @@ def posterior_sample(
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
     noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + std * noise
+
+
+class LatentVideoVAE(nn.Module):
+    """Public API of a video VAE over two methods a subclass defines:
+
+    - ``moments(video) -> (mu, logvar)``, each ``B, z_dim, 1 + (T - 1) / r, H / s, W / s``
+      (r, s = ``config.temporal_ratio``, ``config.spatial_ratio``), with gradients when
+      they are enabled (training);
+    - ``decode_raw(z) -> frames``: unclamped frames from raw latents, likewise.
+
+    ``config`` needs ``z_dim``, ``spatial_ratio``, ``temporal_ratio``, ``latents_mean`` and
+    ``latents_std``. Latents at the public interface are normalised per channel,
+    ``(mu - mean) / std``; ``encode``/``decode`` run without gradients.
+    """
+
+    label = "the VAE"  # names the model in error messages
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Reconstruct a video through the posterior mean."""
+        return self.decode(self.encode(video))
+
+    @torch.no_grad()
+    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw posterior ``(mu, logvar)`` of ``video`` (B, 3, 1 + rk, H, W in [-1, 1])."""
+        return self.moments(video)
+
+    def encode(
+        self, video: torch.Tensor, *, sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Normalised latents of ``video``: the posterior mean, or a draw with ``sample``."""
+        mu, logvar = self.encode_moments(video)
+        z = posterior_sample(mu, logvar, generator) if sample else mu
+        return self.normalize(z)
+
+    @torch.no_grad()
+    def decode(
+        self, latents: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None
+    ) -> torch.Tensor:
+        """Frames in [-1, 1], ``B, 3, 1 + r (T_lat - 1), s H_lat, s W_lat``, from normalised
+        latents. ``tile`` (latent cells) decodes overlapping ``tile x tile`` spatial tiles one
+        at a time and blends them linearly over ``tile_overlap`` cells (default ``tile // 4``):
+        less memory at large resolutions, small differences near tile borders."""
+        self._check_latents(latents)
+        z = self.denormalize(latents)
+        if tile is None:
+            return self.decode_raw(z).clamp_(-1.0, 1.0)
+        overlap = max(1, tile // 4) if tile_overlap is None else tile_overlap
+        if tile < 2 or not 0 <= overlap < tile:
+            raise CineforgeError(
+                f"tile={tile}, tile_overlap={overlap}: need tile >= 2 and 0 <= overlap < tile "
+                f"(both in latent cells of {self.config.spatial_ratio} pixels)"
+            )
+        out = decode_tiled(
+            self.decode_raw, z, tile=tile, overlap=overlap, scale=self.config.spatial_ratio
+        )
+        return out.clamp_(-1.0, 1.0)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        mean, std = self._latent_stats(z)
+        return (z - mean) / std
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._latent_stats(latents)
+        return latents * std + mean
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def column(values: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)
+
+        return column(self.config.latents_mean), column(self.config.latents_std)
+
+    def _check_video(self, video: torch.Tensor) -> None:
+        r, s = self.config.temporal_ratio, self.config.spatial_ratio
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise CineforgeError(
+                f"the VAE encodes videos shaped (B, 3, T, H, W), got {tuple(video.shape)}"
+            )
+        frames, height, width = video.shape[2:]
+        if frames < 1 or (frames - 1) % r or height % s or width % s:
+            raise CineforgeError(
+                f"video of {frames} frames at {height}x{width}: {self.label} needs {r}k+1 "
+                f"frames and height/width divisible by {s}; trim or pad the video (e.g. to "
+                f"{1 + r * max(0, (frames - 1) // r)} frames at {height // s * s}x{width // s * s})"
+            )
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
+            raise CineforgeError(
+                f"the VAE decodes latents shaped (B, {self.config.z_dim}, T, H, W), "
+                f"got {tuple(latents.shape)}"
+            )

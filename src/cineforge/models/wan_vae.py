@@ -26,14 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
 from cineforge.models.causal3d import (
     CHANNELS_LAST,
     CausalCache,
     CausalConv3d,
-    decode_tiled,
-    posterior_sample,
+    LatentVideoVAE,
 )
 
 # Per-channel statistics of Wan 2.1 latents, as published with the release.
@@ -315,8 +313,10 @@ class Decoder(nn.Module):
         return norm_silu_conv(self.norm_out, self.conv_out, x, cache)
 
 
-class WanVAE(nn.Module):
+class WanVAE(LatentVideoVAE):
     """Wan 2.1's video VAE. ``encode``/``decode`` stream over time and need no gradients."""
+
+    label = "the Wan VAE"
 
     def __init__(self, config: WanVAEConfig) -> None:
         super().__init__()
@@ -325,15 +325,6 @@ class WanVAE(nn.Module):
         self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
         self.decoder = Decoder(config)
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Reconstruct a video through the posterior mean."""
-        return self.decode(self.encode(video))
-
-    @torch.no_grad()
-    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw posterior ``(mu, logvar)``, each ``B, z_dim, 1 + (T-1)/4, H/8, W/8``."""
-        return self.moments(video)
 
     def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``encode_moments`` with gradients when they are enabled (training)."""
@@ -350,50 +341,6 @@ class WanVAE(nn.Module):
         mu, logvar = moments.chunk(2, dim=1)
         return mu, logvar
 
-    def encode(
-        self,
-        video: torch.Tensor,
-        *,
-        sample: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Normalised latents of ``video`` (B, 3, 1 + 4k, H, W in [-1, 1]).
-
-        The posterior mean, or with ``sample=True`` a draw from the posterior.
-        """
-        mu, logvar = self.encode_moments(video)
-        z = posterior_sample(mu, logvar, generator) if sample else mu
-        return self.normalize(z)
-
-    @torch.no_grad()
-    def decode(
-        self,
-        latents: torch.Tensor,
-        *,
-        tile: int | None = None,
-        tile_overlap: int | None = None,
-    ) -> torch.Tensor:
-        """Frames in [-1, 1], ``B, 3, 1 + 4(T_lat - 1), 8 H_lat, 8 W_lat``, from normalised latents.
-
-        ``tile`` (latent cells) decodes overlapping ``tile x tile`` spatial tiles one at a
-        time and blends them linearly over ``tile_overlap`` cells (default ``tile // 4``):
-        less memory at large resolutions, small differences near tile borders.
-        """
-        self._check_latents(latents)
-        z = self.denormalize(latents)
-        if tile is None:
-            return self.decode_raw(z).clamp_(-1.0, 1.0)
-        overlap = max(1, tile // 4) if tile_overlap is None else tile_overlap
-        if tile < 2 or not 0 <= overlap < tile:
-            raise CineforgeError(
-                f"tile={tile}, tile_overlap={overlap}: need tile >= 2 and 0 <= overlap < tile "
-                f"(both in latent cells of {self.config.spatial_ratio} pixels)"
-            )
-        out = decode_tiled(
-            self.decode_raw, z, tile=tile, overlap=overlap, scale=self.config.spatial_ratio
-        )
-        return out.clamp_(-1.0, 1.0)
-
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Unclamped frames from RAW latents, with gradients when enabled (training)."""
         b, _, n, height, width = z.shape
@@ -407,38 +354,3 @@ class WanVAE(nn.Module):
             del frames
             cache.next_chunk()
         return video
-
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._latent_stats(z)
-        return (z - mean) / std
-
-    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
-        mean, std = self._latent_stats(latents)
-        return latents * std + mean
-
-    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        def column(values: tuple[float, ...]) -> torch.Tensor:
-            return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)
-
-        return column(self.config.latents_mean), column(self.config.latents_std)
-
-    def _check_video(self, video: torch.Tensor) -> None:
-        r, s = self.config.temporal_ratio, self.config.spatial_ratio
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise CineforgeError(
-                f"the VAE encodes videos shaped (B, 3, T, H, W), got {tuple(video.shape)}"
-            )
-        frames, height, width = video.shape[2:]
-        if frames < 1 or (frames - 1) % r or height % s or width % s:
-            raise CineforgeError(
-                f"video of {frames} frames at {height}x{width}: the Wan VAE needs {r}k+1 frames "
-                f"and height/width divisible by {s}; trim or pad the video (e.g. to "
-                f"{1 + r * max(0, (frames - 1) // r)} frames at {height // s * s}x{width // s * s})"
-            )
-
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
-            raise CineforgeError(
-                f"the VAE decodes latents shaped (B, {self.config.z_dim}, T, H, W), "
-                f"got {tuple(latents.shape)}"
-            )

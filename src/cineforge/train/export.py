@@ -2,8 +2,9 @@
 
 An export folder holds ``dit.safetensors`` / ``vae.safetensors`` (our own keys, what
 ``cineforge.weights.loader`` reads in its ``cineforge`` layout) and ``dit.json`` /
-``vae.json``, the ``WanDiTConfig`` / ``WanVAEConfig`` that built them (for the VAE with its
-measured latent statistics) — the configs a preset for these weights needs.
+``vae.json``, the configs that built them (for the VAE with its measured latent
+statistics) — what a preset for these weights needs. Each JSON names its config type
+(``"type": "CompactVAEConfig"``); files without it are Wan configs (older exports).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
+from cineforge.models.causal3d import LatentVideoVAE
+from cineforge.models.compact_vae import CompactVAE, CompactVAEConfig
 from cineforge.models.wan_vae import WanVAE, WanVAEConfig
+
+# The video VAEs a run can train, by config type.
+VAE_CLASSES: dict[type, type[LatentVideoVAE]] = {WanVAEConfig: WanVAE, CompactVAEConfig: CompactVAE}
 
 
 def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> Path:
@@ -31,7 +37,8 @@ def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.float1
 
 
 def write_model_config(config: Any, path: Path) -> Path:
-    path.write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+    values = {"type": type(config).__name__, **dataclasses.asdict(config)}
+    path.write_text(json.dumps(values, indent=1) + "\n")
     return path
 
 
@@ -40,20 +47,30 @@ def read_model_config(cls: type, path: Path) -> Any:
     if not path.is_file():
         raise CineforgeError(f"{path} not found: export the run first (cineforge train export)")
     values = json.loads(path.read_text())
+    kind = values.pop("type", cls.__name__)
+    if kind != cls.__name__:
+        raise CineforgeError(f"{path} holds a {kind}, not a {cls.__name__}")
     try:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except (TypeError, ValueError) as exc:
         raise CineforgeError(f"{path} is not a valid {cls.__name__}: {exc}") from None
 
 
-def load_vae(folder: Path) -> WanVAE:
+def read_vae_config(path: Path) -> WanVAEConfig | CompactVAEConfig:
+    """The VAE config in ``vae.json``, of the type the file names (Wan when it names none)."""
+    kind = json.loads(path.read_text()).get("type", "WanVAEConfig") if path.is_file() else ""
+    by_name = {cls.__name__: cls for cls in VAE_CLASSES}
+    return read_model_config(by_name.get(kind, WanVAEConfig), path)
+
+
+def load_vae(folder: Path) -> LatentVideoVAE:
     """A VAE exported by a VAE run (``vae.json`` + ``vae.safetensors``), in fp32, frozen."""
     from cineforge.weights.files import read_safetensors
     from cineforge.weights.keymap import load_strict
 
     folder = Path(folder)
-    config = read_model_config(WanVAEConfig, folder / "vae.json")
+    config = read_vae_config(folder / "vae.json")
     with torch.device("meta"):
-        vae = WanVAE(config)
+        vae = VAE_CLASSES[type(config)](config)
     load_strict(vae, read_safetensors(folder, "vae"), dtype=torch.float32, what=f"VAE in {folder}")
     return vae.eval().requires_grad_(False)

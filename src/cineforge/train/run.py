@@ -13,7 +13,7 @@ from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from cineforge.train.config import TrainConfig, config_to_tree, load_config
 from cineforge.train.data import shapes_world
-from cineforge.train.export import load_vae, read_model_config
+from cineforge.train.export import VAE_CLASSES, load_vae, read_vae_config
 from cineforge.train.loop import Task, Trainer
 
 TEXT_ENCODER = "minilm"  # all-MiniLM-L6-v2, the demo's text encoder (384-d)
@@ -65,11 +65,10 @@ def cache_folder(config: TrainConfig) -> Path:
 
 def cache_meta(config: TrainConfig) -> dict:
     """What the cache's items depend on; a cache built with other values is refused."""
-    from cineforge.models.wan_vae import WanVAEConfig
-
-    vae = read_model_config(WanVAEConfig, _vae_folder(config) / "vae.json")
+    vae = read_vae_config(_vae_folder(config) / "vae.json")
     return {
-        "vae": dataclasses.asdict(vae), "latent_channels": vae.z_dim,
+        "vae": {"type": type(vae).__name__, **dataclasses.asdict(vae)},
+        "latent_channels": vae.z_dim,
         "text_encoder": TEXT_ENCODER, "text_dim": TEXT_DIM, "text_len": config.cache.text_len,
         "source": dataclasses.asdict(shapes_world(config.data, "cache").config),
     }
@@ -137,11 +136,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     folder = Path(out) if out else run_dir / "export"
     folder.mkdir(parents=True, exist_ok=True)
     if config.task == "vae":
-        from cineforge.models.wan_vae import WanVAE
         from cineforge.train.vae_task import export_vae, vae_config
 
+        model_config = vae_config(config.model.name, config.model.overrides)
         with torch.device("meta"):
-            model = WanVAE(vae_config(config.model.name, config.model.overrides))
+            model = VAE_CLASSES[type(model_config)](model_config)
         load_strict(model, state, dtype=torch.float32, what=f"EMA weights in {path}")
         export_vae(model.eval(), config, folder)
     else:

@@ -16,7 +16,7 @@ the first frame (9 frames): with 5-frame windows no chunk ever sees a cache fill
 regular chunk, and 17-frame reconstructions degrade. Validation measures exactly that, on a
 fixed held-aside set at full size and length, through the inference API (posterior mean).
 
-``WanVAE.encode_moments`` runs without gradients (it is the inference API), so training
+``encode_moments`` runs without gradients (it is the inference API), so training
 walks the same chunks here with gradients enabled.
 """
 
@@ -31,16 +31,19 @@ import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
-from cineforge.models.wan_vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAE, WanVAEConfig
+from cineforge.models.causal3d import LatentVideoVAE
+from cineforge.models.compact_vae import COMPACT_VAE_TINY, CompactVAEConfig
+from cineforge.models.wan_vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAEConfig
 from cineforge.train.config import TrainConfig, build_model_config
 from cineforge.train.data import shapes_world
-from cineforge.train.export import save_weights, write_model_config
+from cineforge.train.export import VAE_CLASSES, save_weights, write_model_config
 from cineforge.train.loop import StepLoss
 
-VAE_CONFIGS = {"wan2.1": WAN_VAE_2_1, "tiny": WAN_VAE_TINY}
+VAE_CONFIGS = {"wan2.1": WAN_VAE_2_1, "tiny": WAN_VAE_TINY,
+               "compact": CompactVAEConfig(), "compact-tiny": COMPACT_VAE_TINY}
 
 
-def vae_config(name: str, overrides: dict[str, Any]) -> WanVAEConfig:
+def vae_config(name: str, overrides: dict[str, Any]) -> WanVAEConfig | CompactVAEConfig:
     """A base config from ``VAE_CONFIGS`` with ``overrides``; the latent statistics default to
     identity (training works on raw latents; export measures the real ones)."""
     if name not in VAE_CONFIGS:
@@ -50,7 +53,8 @@ def vae_config(name: str, overrides: dict[str, Any]) -> WanVAEConfig:
     if isinstance(z_dim, int) and z_dim > 0:
         overrides.setdefault("latents_mean", (0.0,) * z_dim)
         overrides.setdefault("latents_std", (1.0,) * z_dim)
-    return build_model_config(VAE_CONFIGS[name], overrides, "WanVAEConfig")
+    base = VAE_CONFIGS[name]
+    return build_model_config(base, overrides, type(base).__name__)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -76,7 +80,7 @@ class VAETask:
             raise CineforgeError(f"vae.crop and the frame size must be multiples of {ratio}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # PyTorch's default init draws from the global RNG
-            self.model = WanVAE(model_config)
+            self.model = VAE_CLASSES[type(model_config)](model_config)
         self.images = shapes_world(config.data, "train_images", image_fraction=1.0)
         self.videos = shapes_world(config.data, "train_videos", image_fraction=0.0)
         self.position = {"images": 0, "videos": 0}
@@ -164,7 +168,7 @@ class VAETask:
 
 
 @torch.no_grad()
-def latent_stats(model: WanVAE, config: TrainConfig) -> tuple[tuple[float, ...], ...]:
+def latent_stats(model: LatentVideoVAE, config: TrainConfig) -> tuple[tuple[float, ...], ...]:
     """Per-channel mean and std of the raw posterior means of ``vae.stats_items`` items of
     the run's ``stats`` world (images and clips mixed as in ``data.image_fraction``)."""
     world = shapes_world(config.data, "stats")
@@ -174,7 +178,7 @@ def latent_stats(model: WanVAE, config: TrainConfig) -> tuple[tuple[float, ...],
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-6).tolist())
 
 
-def export_vae(model: WanVAE, config: TrainConfig, folder: Path) -> list[Path]:
+def export_vae(model: LatentVideoVAE, config: TrainConfig, folder: Path) -> list[Path]:
     """``vae.safetensors`` (fp16) and ``vae.json``: the model's config with the measured
     latent statistics, so its ``encode`` gives roughly zero-mean, unit-variance latents."""
     mean, std = latent_stats(model, config)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
+from cineforge.models.compact_vae import CompactVAE, CompactVAEConfig
 from cineforge.models.flux_vae import FluxVAE, FluxVAEConfig
 from cineforge.models.hunyuan_vae import HunyuanVAE, HunyuanVAEConfig
 from cineforge.models.kandinsky5_dit import Kandinsky5DiT, Kandinsky5DiTConfig
@@ -82,6 +83,7 @@ MODEL_CLASSES: dict[type, type[nn.Module]] = {
     Kandinsky5DiTConfig: Kandinsky5DiT,
     HunyuanVAEConfig: HunyuanVAE,
     FluxVAEConfig: FluxVAE,
+    CompactVAEConfig: CompactVAE,
 }
 _OURS = Layout("dit.safetensors", dit=WeightFile("", "dit", IDENTITY),
                vae=WeightFile("", "vae", IDENTITY))

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from cineforge.errors import CineforgeError
+from cineforge.models.compact_vae import CompactVAEConfig
 from cineforge.models.flux_vae import FLUX_VAE, FluxVAEConfig
 from cineforge.models.hunyuan_vae import HUNYUAN_VAE, HunyuanVAEConfig
 from cineforge.models.kandinsky5_dit import (
@@ -23,7 +24,7 @@ from cineforge.models.wan_dit import WAN_DIT_1_3B, WAN_DIT_14B, WAN_DIT_TINY, Wa
 from cineforge.models.wan_vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAEConfig
 
 DiTConfig = WanDiTConfig | Kandinsky5DiTConfig
-VAEConfig = WanVAEConfig | HunyuanVAEConfig | FluxVAEConfig
+VAEConfig = WanVAEConfig | HunyuanVAEConfig | FluxVAEConfig | CompactVAEConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+"""The compact causal VAE (the demo's): shapes, causality, image = first latent frame,
+gradients, errors, and its way through the trainer's export and loader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cineforge.errors import CineforgeError
+from cineforge.models.compact_vae import COMPACT_VAE_TINY, CompactVAE, CompactVAEConfig
+from cineforge.train.export import load_vae, read_vae_config, save_weights, write_model_config
+from cineforge.train.vae_task import vae_config
+from oracles import perturb
+
+
+@pytest.fixture(scope="module")
+def vae() -> CompactVAE:
+    torch.manual_seed(0)
+    return perturb(CompactVAE(COMPACT_VAE_TINY), seed=1, scale=0.05).eval()
+
+
+def _video(frames: int, height: int = 16, width: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 3, frames, height, width, generator=g) * 2 - 1
+
+
+def test_shapes_and_ratios(vae):
+    mu, logvar = vae.encode_moments(_video(9))
+    assert mu.shape == logvar.shape == (2, 4, 3, 8, 12)  # widths (8, 16): 2x spatial
+    assert vae.decode(vae.encode(_video(9))).shape == (2, 3, 9, 16, 24)
+    assert vae.decode(vae.encode(_video(1))).shape == (2, 3, 1, 16, 24)
+
+
+def test_image_is_the_first_latent_frame_of_any_clip(vae):
+    clip = _video(9)
+    torch.testing.assert_close(vae.encode(clip[:, :, :1]), vae.encode(clip)[:, :, :1],
+                               rtol=0, atol=1e-6)
+
+
+def test_encoder_and_decoder_are_causal(vae):
+    clip = _video(13)
+    changed = clip.clone()
+    changed[:, :, 5:] = _video(8, seed=1)  # frames of latent chunks 2 and 3 only
+    a, b = vae.encode(clip), vae.encode(changed)
+    assert (a[:, :, :2] - b[:, :, :2]).abs().max() == 0
+    assert (a[:, :, 2:] - b[:, :, 2:]).abs().max() > 1e-3
+    z = a.clone()
+    z[:, :, 2:] = 0.0
+    x, y = vae.decode(a), vae.decode(z)
+    assert (x[:, :, :5] - y[:, :, :5]).abs().max() == 0  # frames 0-4 come from latents 0-1
+    assert (x[:, :, 5:] - y[:, :, 5:]).abs().max() > 1e-3
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = perturb(CompactVAE(COMPACT_VAE_TINY), seed=2, scale=0.05)
+    mu, logvar = model.moments(_video(5))
+    (model.decode_raw(mu).square().mean() + logvar.mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_bad_inputs_raise(vae):
+    with pytest.raises(CineforgeError, match="4k\\+1 frames"):
+        vae.encode(_video(6))
+    with pytest.raises(CineforgeError, match="divisible by 2"):
+        vae.encode(_video(5, height=15))
+    with pytest.raises(CineforgeError, match="latents shaped"):
+        vae.decode(torch.zeros(1, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match="norm_groups"):
+        CompactVAEConfig(widths=(12, 16), norm_groups=8)
+
+
+def test_trainer_config_export_and_load_round_trip(tmp_path, vae):
+    config = vae_config("compact-tiny", {"widths": [8, 16, 16]})
+    assert isinstance(config, CompactVAEConfig) and config.spatial_ratio == 4
+    save_weights(vae, tmp_path / "vae.safetensors", dtype=torch.float32)
+    write_model_config(vae.config, tmp_path / "vae.json")
+    assert json.loads((tmp_path / "vae.json").read_text())["type"] == "CompactVAEConfig"
+    assert read_vae_config(tmp_path / "vae.json") == vae.config
+    loaded = load_vae(tmp_path)
+    assert isinstance(loaded, CompactVAE)
+    clip = _video(5)
+    torch.testing.assert_close(loaded.encode(clip), vae.encode(clip), rtol=0, atol=0)
+    with pytest.raises(CineforgeError, match="unknown CompactVAEConfig field"):
+        vae_config("compact", {"base_dim": 16})

@@ -86,3 +86,16 @@ def test_trainer_config_export_and_load_round_trip(tmp_path, vae):
     torch.testing.assert_close(loaded.encode(clip), vae.encode(clip), rtol=0, atol=0)
     with pytest.raises(CineforgeError, match="unknown CompactVAEConfig field"):
         vae_config("compact", {"base_dim": 16})
+
+
+def test_detail_weights_mark_small_objects_not_smooth_backgrounds():
+    from cineforge.train.vae_task import detail_weights
+
+    ramp = torch.linspace(-1, 1, 64).view(1, 1, 1, 1, 64).expand(1, 3, 2, 64, 64).clone()
+    assert detail_weights(ramp, 10.0).eq(1.0).all()  # a gradient background: weight 1
+    scene = ramp.clone()
+    scene[:, :, :, 20:28, 30:38] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1, 1)
+    w = detail_weights(scene, 10.0)
+    assert w.shape == (1, 1, 2, 64, 64)
+    assert w[..., 20:28, 30:38].eq(11.0).all()  # the object itself
+    assert w[..., 50:, :10].eq(1.0).all() and w[..., :5, 55:].eq(1.0).all()  # far away

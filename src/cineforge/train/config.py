@@ -107,11 +107,14 @@ class BatchConfig:
 @dataclass(frozen=True)
 class VAEObjective:
     """Reconstruction ``l1 * |x - x'| + mse * (x - x')^2`` plus ``kl * KL(q(z|x) || N(0, 1))``,
-    trained on random ``crop``-pixel squares of ``clip_frames``-frame windows (0 = whole)."""
+    trained on random ``crop``-pixel squares of ``clip_frames``-frame windows (0 = whole).
+    ``detail_weight`` w > 0 weights the reconstruction of pixels that stand out from their
+    neighbourhood by ``1 + w`` (see ``cineforge.train.vae_task.detail_weights``)."""
 
     l1: float = 1.0
     mse: float = 1.0
     kl: float = 1e-6
+    detail_weight: float = 0.0
     sample: bool = True  # decode a posterior draw (a VAE); false: the mean (faster to fit)
     crop: int = 0
     clip_frames: int = 5
@@ -120,8 +123,9 @@ class VAEObjective:
     stats_items: int = 32  # items whose latents give the exported per-channel mean / std
 
     def __post_init__(self) -> None:
-        _require(min(self.l1, self.mse, self.kl) >= 0 and self.l1 + self.mse > 0,
-                 "vae.l1, vae.mse, vae.kl must be >= 0 and l1 + mse > 0")
+        _require(min(self.l1, self.mse, self.kl, self.detail_weight) >= 0
+                 and self.l1 + self.mse > 0,
+                 "vae.l1, vae.mse, vae.kl, vae.detail_weight must be >= 0 and l1 + mse > 0")
         _require(self.crop >= 0 and self.crop % 16 == 0,
                  f"vae.crop must be 0 (whole frame) or a multiple of 16, got {self.crop}")
         _require(self.clip_frames >= 1 and (self.clip_frames - 1) % 4 == 0,

@@ -94,6 +94,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, help="weights folder (default: the preset's own)")
     p.add_argument("-n", type=int, default=200, help="prompts per split")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default: the preset's)")
+    p.add_argument("--shift", type=float, help="timestep shift (default: the preset's)")
     p.add_argument("--batch", type=int, default=8, help="clips generated at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")

@@ -264,8 +264,8 @@ class LatentVideoVAE(nn.Module):
             )
 
     def _check_latents(self, latents: torch.Tensor) -> None:
-        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
+        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim or 0 in latents.shape:
             raise CineforgeError(
-                f"the VAE decodes latents shaped (B, {self.config.z_dim}, T, H, W), "
+                f"the VAE decodes non-empty latents shaped (B, {self.config.z_dim}, T, H, W), "
                 f"got {tuple(latents.shape)}"
             )

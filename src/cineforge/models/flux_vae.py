@@ -35,7 +35,7 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
-from cineforge.models.causal3d import decode_tiled, posterior_sample
+from cineforge.models.causal3d import LatentVideoVAE
 
 
 @dataclass(frozen=True)
@@ -233,9 +233,11 @@ def per_frame(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> to
     return out
 
 
-class FluxVAE(nn.Module):
-    """FLUX.1's VAE with the video VAEs' interface. ``encode``/``decode`` need no
-    gradients; ``moments`` and ``decode_raw`` keep them (training)."""
+class FluxVAE(LatentVideoVAE):
+    """FLUX.1's VAE with the video VAEs' interface (``LatentVideoVAE``), frame by frame.
+    Latents are normalised as the release does, ``(z - shift) * scale``."""
+
+    label = "the FLUX VAE"
 
     def __init__(self, config: FluxVAEConfig) -> None:
         super().__init__()
@@ -243,64 +245,12 @@ class FluxVAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Reconstruct a video through the posterior mean."""
-        return self.decode(self.encode(video))
-
-    @torch.no_grad()
-    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw posterior ``(mu, logvar)``, each ``B, z_dim, T, H/8, W/8``."""
-        return self.moments(video)
-
     def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``encode_moments`` with gradients when they are enabled (training)."""
+        """Raw posterior ``(mu, logvar)``, each ``B, z_dim, T, H/8, W/8``; gradients when
+        enabled (training)."""
         self._check_video(video)
         mu, logvar = per_frame(self.encoder, video).chunk(2, dim=1)
         return mu, logvar
-
-    def encode(
-        self,
-        video: torch.Tensor,
-        *,
-        sample: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Normalised latents of ``video`` (B, 3, T, H, W in [-1, 1]), frame by frame.
-
-        The posterior mean, or with ``sample=True`` a draw from the posterior.
-        """
-        mu, logvar = self.encode_moments(video)
-        z = posterior_sample(mu, logvar, generator) if sample else mu
-        return self.normalize(z)
-
-    @torch.no_grad()
-    def decode(
-        self,
-        latents: torch.Tensor,
-        *,
-        tile: int | None = None,
-        tile_overlap: int | None = None,
-    ) -> torch.Tensor:
-        """Frames in [-1, 1], ``B, 3, T, 8 H_lat, 8 W_lat``, from normalised latents.
-
-        ``tile`` (latent cells) decodes overlapping ``tile x tile`` spatial tiles one at a
-        time and blends them linearly over ``tile_overlap`` cells (default ``tile // 4``):
-        memory bounded by the tile size, small differences from whole decoding.
-        """
-        self._check_latents(latents)
-        z = self.denormalize(latents)
-        if tile is None:
-            return self.decode_raw(z).clamp_(-1.0, 1.0)
-        overlap = max(1, tile // 4) if tile_overlap is None else tile_overlap
-        if tile < 2 or not 0 <= overlap < tile:
-            raise CineforgeError(
-                f"tile={tile}, tile_overlap={overlap}: need tile >= 2 and 0 <= overlap < tile "
-                f"(both in latent cells of {self.config.spatial_ratio} pixels)"
-            )
-        out = decode_tiled(
-            self.decode_raw, z, tile=tile, overlap=overlap, scale=self.config.spatial_ratio
-        )
-        return out.clamp_(-1.0, 1.0)
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Unclamped frames from RAW latents, with gradients when enabled (training)."""
@@ -325,11 +275,4 @@ class FluxVAE(nn.Module):
                 f"video of {frames} frames at {height}x{width}: the FLUX VAE needs at least "
                 f"one frame and height/width divisible by {s}; crop or pad the frames (e.g. "
                 f"to {max(s, height // s * s)}x{max(s, width // s * s)})"
-            )
-
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        c = self.config.z_dim
-        if latents.ndim != 5 or latents.shape[1] != c or 0 in latents.shape:
-            raise CineforgeError(
-                f"the VAE decodes latents shaped (B, {c}, T, H, W), got {tuple(latents.shape)}"
             )

@@ -89,7 +89,8 @@ def _presets(args: argparse.Namespace) -> int:
 
     rows = [("preset", "size", "frames", "steps", "weights")]
     for p in PRESETS.values():
-        source = p.hub_repo or "your own folder (--weights)"
+        source = ("embedded (no download)" if p.embedded
+                  else p.hub_repo or "your own folder (--weights)")
         if p.diffusers_repo:
             source += f" or {p.diffusers_repo}"
         rows.append((p.name, f"{p.width}x{p.height}", str(p.frames), str(p.sampler.steps), source))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cineforge.errors import CineforgeError
 
-DEFAULT_PRESET = "wan2.1-t2v-1.3b"
+DEFAULT_PRESET = "demo"
 
 
 @dataclass(frozen=True)

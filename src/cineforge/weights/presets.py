@@ -224,10 +224,54 @@ K5_T2I_LITE = dataclasses.replace(
     vae_repo="black-forest-labs/FLUX.1-dev",
 )
 
+# The shipped demo (``cineforge/assets/demo``, fp16): trained by this project on its own
+# shapes world with configs/demo_vae.yaml and configs/demo_dit.yaml (docs/demo-training.md).
+# These configs equal the JSON files shipped beside the weights (tests/test_demo_model.py).
+DEMO_DIT = dataclasses.replace(
+    WAN_DIT_1_3B,
+    dim=256,
+    ffn_dim=1024,
+    num_heads=4,
+    num_layers=8,
+    text_dim=384,
+    patch_size=(1, 4, 4),
+    text_len=64,
+)
+DEMO_VAE = CompactVAEConfig(
+    widths=(32, 64, 64), z_dim=16, frames_per_latent=4,
+    num_res_blocks=1, norm_groups=8,
+    latents_mean=(
+        0.1232439035658476, -0.0661913145420682, -0.058832153287474015, 0.006165005148163331,
+        0.2145842063705402, -0.2670400335043854, -0.04264680113171305, 0.08742300970519684,
+        0.000550695171336311, -0.005915279698832605, 0.0843529625941968, -0.03651120789044197,
+        -0.12306495882293388, 0.03069031198594923, -0.08016170596684465, -0.057576594421503244
+    ),
+    latents_std=(
+        1.2825838162513603, 0.627925255406077, 0.4961153593734253, 0.9243398534710187,
+        0.47674412895098406, 0.7685683504528409, 0.7439971872952027, 0.29906684601409,
+        0.592376074450049, 1.1573259221095584, 1.0400086950111267, 0.758671468576755,
+        0.8540511243064118, 0.178022100177463, 0.5455509605511644, 0.3265508967351059
+    ),
+)
+DEMO = Preset(
+    name="demo",
+    summary="cineforge's own demo model (shapes world, 64x64, 17 frames; runs on a CPU)",
+    family="wan2.1",
+    dit=DEMO_DIT,
+    vae=DEMO_VAE,
+    text_encoder="minilm",
+    width=64,
+    height=64,
+    frames=17,
+    fps=8,
+    sampler=SamplerDefaults(steps=20, guidance=6.0, shift=3.0),
+    embedded="demo",
+)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        WAN21_T2V_1_3B, WAN21_T2V_14B, WAN21_T2V_TINY,
+        DEMO, WAN21_T2V_1_3B, WAN21_T2V_14B, WAN21_T2V_TINY,
         K5_T2V_LITE, K5_T2V_LITE_10S, K5_T2V_LITE_NOCFG, K5_T2V_LITE_NOCFG_10S,
         K5_T2V_LITE_DISTILL, K5_T2V_LITE_DISTILL_10S, K5_T2V_PRO, K5_T2V_PRO_10S, K5_T2I_LITE,
     )

@@ -1,0 +1,78 @@
+"""The shipped demo model: its files, its preset, and README's main command, offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from cineforge.eval.shapes import analyze_clip
+from cineforge.io.video import read_video
+from cineforge.models.wan_dit import WanDiTConfig
+from cineforge.train.export import read_model_config, read_vae_config
+from cineforge.weights.loader import ASSETS
+from cineforge.weights.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ASSETS / "demo"
+
+
+def readme_main_command() -> list[str]:
+    """The `cineforge generate` part of README's first set-up command."""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("    pip install") and "cineforge generate" in line:
+            return shlex.split(line.split("&&", 1)[1])
+    raise AssertionError("README.md has no `pip install ... && cineforge generate` line")
+
+
+def test_demo_files_are_fp16_under_40_mb_and_match_the_preset():
+    files = {p.name: p for p in DEMO.iterdir()}
+    assert {"dit.safetensors", "vae.safetensors", "dit.json", "vae.json"} <= set(files)
+    assert sum(p.stat().st_size for p in files.values()) <= 40 * 2**20
+    for name in ("dit.safetensors", "vae.safetensors"):
+        with safe_open(files[name], "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+        assert dtypes == {"F16"}, (name, dtypes)
+    preset = get_preset("demo")
+    assert read_model_config(WanDiTConfig, files["dit.json"]) == preset.dit
+    assert read_vae_config(files["vae.json"]) == preset.vae
+    assert preset.embedded == "demo" and preset.text_encoder == "minilm"
+
+
+def test_readme_main_command_makes_the_prompted_video_offline(tmp_path):
+    args = readme_main_command()
+    assert args[:2] == ["cineforge", "generate"] and "--preset" not in args  # the default
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "cineforge.cli.main", *args[1:]], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = tmp_path / args[args.index("--out") + 1]
+    frames, fps = read_video(out)
+    assert frames.shape == (17, 64, 64, 3) and fps == 8
+    found = analyze_clip(frames)  # "a red circle moves to the right"
+    # The shipped interim model follows colour (85-90 % in `cineforge eval shapes`), not yet
+    # shape or motion (chance level): docs/demo-training.md. Shape and motion join this
+    # check when the model that follows them ships.
+    assert found.found and found.colour == "red", found
+
+
+def test_demo_generation_reproduces_per_seed():
+    from cineforge.pipelines.select import pipeline_for
+    from cineforge.pipelines.t2v import VideoRequest
+    from cineforge.weights.loader import load_pipeline_components
+
+    preset = get_preset("demo")
+    pipe = pipeline_for(preset, load_pipeline_components(preset, None))
+    s = preset.sampler
+    request = VideoRequest(prompt="a blue square moves up", width=64, height=64, frames=17,
+                           steps=4, guidance=s.guidance, shift=s.shift, seed=3)
+    a, b = pipe(request), pipe(request)
+    assert torch.equal(a, b)
+    c = pipe(dataclasses.replace(request, seed=4))
+    assert (a - c).abs().mean() > 1e-3

@@ -10,6 +10,7 @@ previous one stopped. Peak memory is that of one chunk, whatever the video's len
   the calls explicitly and keyed by the layer itself (no slot counters).
 - ``CausalConv3d``: a 3D convolution padded on the past side of the time axis only.
 - ``decode_tiled``: decode a latent in overlapping spatial tiles and blend them linearly.
+- ``Stage``: residual blocks, then an optional resampler (the 2D/3D VAEs' levels).
 - ``LatentVideoVAE``: the public API every video VAE shares (normalised latents, posterior
   draws, tiled decode, input checks) over a subclass's ``moments`` and ``decode_raw``.
 """
@@ -177,6 +178,20 @@ def posterior_sample(
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
     noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + std * noise
+
+
+class Stage(nn.Module):
+    """Residual blocks, then an optional resampler."""
+
+    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(blocks)
+        self.resample = resample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.res:
+            x = block(x)
+        return x if self.resample is None else self.resample(x)
 
 
 class LatentVideoVAE(nn.Module):

@@ -35,7 +35,7 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
-from cineforge.models.causal3d import LatentVideoVAE
+from cineforge.models.causal3d import LatentVideoVAE, Stage
 
 
 @dataclass(frozen=True)
@@ -153,20 +153,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-class Stage(nn.Module):
-    """Residual blocks, then an optional resampler."""
-
-    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None) -> None:
-        super().__init__()
-        self.res = nn.ModuleList(blocks)
-        self.resample = resample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.res:
-            x = block(x)
-        return x if self.resample is None else self.resample(x)
 
 
 class Encoder(nn.Module):

@@ -39,7 +39,7 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
-from cineforge.models.causal3d import posterior_sample
+from cineforge.models.causal3d import Stage, posterior_sample
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -214,20 +214,6 @@ class Upsample(nn.Module):
             rest = F.interpolate(x[:, :, 1:], scale_factor=(float(self.time), s, s), mode="nearest")
             first = torch.cat([first, rest], dim=2)
         return self.conv(first)
-
-
-class Stage(nn.Module):
-    """Residual blocks, then an optional resampler."""
-
-    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None) -> None:
-        super().__init__()
-        self.res = nn.ModuleList(blocks)
-        self.resample = resample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.res:
-            x = block(x)
-        return x if self.resample is None else self.resample(x)
 
 
 class Encoder(nn.Module):

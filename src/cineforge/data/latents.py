@@ -43,32 +43,23 @@ class CacheItem:
     caption: str
 
 
-class LatentCache:
-    """Read side: ``cache[i]`` -> ``CacheItem``; ``len(cache)`` counts the written items."""
+class LatentItems:
+    """Read side shared by the latent cache and curation's latent shards: ``entries`` (one
+    index dict per item: caption, shape, text_len, attributes), ``ds[i]`` -> ``CacheItem``.
+    Subclasses parse their index and call ``__init__``, and say where item ``i`` lives with
+    ``_locate``."""
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        path = self.folder / INDEX
-        if not path.is_file():
-            raise CineforgeError(f"no latent cache in {self.folder} ({INDEX} missing); build "
-                                 "it with `cineforge train cache --config ...`")
-        self.index = json.loads(path.read_text())
-        if self.index.get("format") != FORMAT:
-            raise CineforgeError(f"{path} is not a {FORMAT} index; rebuild the cache")
-        self.entries = [e for shard in self.index["shards"] for e in shard["items"]]
-        self._handles: dict[int, Any] = {}
+    def __init__(self, folder: Path, index: dict[str, Any], entries: list[dict[str, Any]]):
+        self.folder, self.index, self.entries = folder, index, entries
+        self._handles: dict[Path, Any] = {}
+
+    def _locate(self, i: int) -> tuple[Path, int]:
+        """(shard file, position in the shard) of item ``i``."""
+        raise NotImplementedError
 
     @property
     def meta(self) -> dict[str, Any]:
         return self.index["meta"]
-
-    @property
-    def items_total(self) -> int:
-        return self.index["items_total"]
-
-    @property
-    def complete(self) -> bool:
-        return len(self.entries) == self.items_total
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -84,25 +75,53 @@ class LatentCache:
 
     def __getitem__(self, i: int) -> CacheItem:
         if not 0 <= i < len(self.entries):
-            raise IndexError(f"latent cache item {i} out of range 0..{len(self.entries) - 1}")
-        shard, j = divmod(i, self.index["shard_size"])
-        handle = self._handle(shard)
-        return CacheItem(handle.get_tensor(f"{j}.latent").float(),
-                         handle.get_tensor(f"{j}.text").float(), self.entries[i]["caption"])
+            raise IndexError(f"latent item {i} out of range 0..{len(self.entries) - 1}")
+        path, j = self._locate(i)
+        if path not in self._handles:
+            from safetensors import safe_open
+
+            self._handles[path] = safe_open(path, framework="pt")
+        f = self._handles[path]
+        text = (f.get_tensor(f"{j}.text").float() if self.entries[i].get("text_len", 1)
+                else torch.zeros(0, self.meta.get("text_dim", 0)))
+        return CacheItem(f.get_tensor(f"{j}.latent").float(), text, self.entries[i]["caption"])
 
     def empty_text(self) -> torch.Tensor:
         """States of the empty prompt, ``L, D`` float32."""
         from safetensors.torch import load_file
 
+        if not (self.folder / EMPTY).is_file():
+            raise CineforgeError(f"{self.folder} has no {EMPTY}; the encoder that wrote it "
+                                 "was given no empty-prompt states")
         return load_file(self.folder / EMPTY)["text"].float()
 
-    def _handle(self, shard: int):
-        if shard not in self._handles:
-            from safetensors import safe_open
 
-            name = self.index["shards"][shard]["file"]
-            self._handles[shard] = safe_open(self.folder / name, framework="pt")
-        return self._handles[shard]
+class LatentCache(LatentItems):
+    """The trainer's cache: ``cache[i]`` -> ``CacheItem``; ``len(cache)`` counts the written
+    items."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        path = folder / INDEX
+        if not path.is_file():
+            raise CineforgeError(f"no latent cache in {folder} ({INDEX} missing); build "
+                                 "it with `cineforge train cache --config ...`")
+        index = json.loads(path.read_text())
+        if index.get("format") != FORMAT:
+            raise CineforgeError(f"{path} is not a {FORMAT} index; rebuild the cache")
+        super().__init__(folder, index, [e for shard in index["shards"] for e in shard["items"]])
+
+    @property
+    def items_total(self) -> int:
+        return self.index["items_total"]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.entries) == self.items_total
+
+    def _locate(self, i: int) -> tuple[Path, int]:
+        shard, j = divmod(i, self.index["shard_size"])
+        return self.folder / self.index["shards"][shard]["file"], j
 
 
 def build_latent_cache(

@@ -15,9 +15,9 @@ safetensors header and is published by one atomic rename (written to ``*.tmp``, 
 ``os.replace``d): a killed worker leaves at most a ``*.tmp`` file, which readers ignore and
 the next writer of that name deletes. Writers on many machines share a folder without a
 shared index file to corrupt: give each a distinct ``name`` (worker id). ``ShardDataset``
-offers ``LatentCache``'s read interface (``len``, ``[i] -> CacheItem``, ``shape``,
-``caption``, ``attributes``, ``meta``, ``complete``, ``empty_text``), so the trainer reads
-either.
+shares ``LatentCache``'s read side (``LatentItems``: ``len``, ``[i] -> CacheItem``, ``shape``,
+``caption``, ``attributes``, ``meta``, ``empty_text``; plus ``complete``), so the trainer
+reads either.
 
 Items are buffered until a bucket has ``shard_size`` of them: a stage that marks an item done
 should do so when ``add``/``flush`` reports the shard holding its key as written.
@@ -36,14 +36,13 @@ from typing import Any
 
 import torch
 
-from cineforge.data.latents import CacheItem
+from cineforge.data.latents import EMPTY, LatentItems
 from cineforge.errors import CineforgeError
 
 __all__ = ["FORMAT", "ShardDataset", "ShardInfo", "ShardWriter", "bucket_name", "fit_bucket"]
 
 FORMAT = "cineforge-shards/1"
 META = "meta.json"
-EMPTY = "empty.safetensors"
 _SHARD = re.compile(r"shard-(?P<name>[A-Za-z0-9_.]+)-(?P<n>\d{5,})\.safetensors")
 
 
@@ -175,23 +174,23 @@ class ShardWriter:
         return ShardInfo(path, bucket, tuple(e["key"] for e in entries))
 
 
-class ShardDataset:
+class ShardDataset(LatentItems):
     """Read side: every published shard under ``folder`` (``*.tmp`` files are ignored)."""
 
     def __init__(self, folder: str | Path) -> None:
         from safetensors import safe_open
 
-        self.folder = Path(folder)
-        if not (self.folder / META).is_file():
-            raise CineforgeError(f"no latent shards in {self.folder} ({META} missing); run the "
+        folder = Path(folder)
+        if not (folder / META).is_file():
+            raise CineforgeError(f"no latent shards in {folder} ({META} missing); run the "
                                  "curation encode stage first")
-        self.index = json.loads((self.folder / META).read_text())
-        if self.index.get("format") != FORMAT:
-            raise CineforgeError(f"{self.folder / META} is not a {FORMAT} folder; re-encode")
+        index = json.loads((folder / META).read_text())
+        if index.get("format") != FORMAT:
+            raise CineforgeError(f"{folder / META} is not a {FORMAT} folder; re-encode")
+        super().__init__(folder, index, [])
         self.files: list[Path] = []
-        self.entries: list[dict[str, Any]] = []
         self._where: list[tuple[int, int]] = []
-        for path in sorted(self.folder.glob("bucket-*/shard-*.safetensors")):
+        for path in sorted(folder.glob("bucket-*/shard-*.safetensors")):
             with safe_open(path, framework="pt") as f:
                 header = f.metadata() or {}
             if header.get("format") != FORMAT:
@@ -200,11 +199,6 @@ class ShardDataset:
             self._where += [(len(self.files), j) for j in range(len(items))]
             self.entries += items
             self.files.append(path)
-        self._handles: dict[int, Any] = {}
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.index["meta"]
 
     @property
     def items_total(self) -> int:
@@ -212,40 +206,12 @@ class ShardDataset:
 
     complete = True  # every listed shard is whole by construction
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def shape(self, i: int) -> tuple[int, ...]:
-        return tuple(self.entries[i]["shape"])
-
-    def caption(self, i: int) -> str:
-        return self.entries[i]["caption"]
-
-    def attributes(self, i: int) -> dict[str, Any]:
-        return self.entries[i]["attributes"]
-
     def key(self, i: int) -> Any:
         return self.entries[i]["key"]
 
-    def __getitem__(self, i: int) -> CacheItem:
-        if not 0 <= i < len(self.entries):
-            raise IndexError(f"shard item {i} out of range 0..{len(self.entries) - 1}")
+    def _locate(self, i: int) -> tuple[Path, int]:
         shard, j = self._where[i]
-        if shard not in self._handles:
-            from safetensors import safe_open
-
-            self._handles[shard] = safe_open(self.files[shard], framework="pt")
-        f = self._handles[shard]
-        text = (f.get_tensor(f"{j}.text").float() if self.entries[i]["text_len"]
-                else torch.zeros(0, self.meta.get("text_dim", 0)))
-        return CacheItem(f.get_tensor(f"{j}.latent").float(), text, self.entries[i]["caption"])
-
-    def empty_text(self) -> torch.Tensor:
-        from safetensors.torch import load_file
-
-        if not (self.folder / EMPTY).is_file():
-            raise CineforgeError(f"{self.folder} has no {EMPTY}; pass empty_text= to the writer")
-        return load_file(self.folder / EMPTY)["text"].float()
+        return self.files[shard], j
 
 
 def _open_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -153,6 +153,35 @@ def test_dit_packed_resume_is_exact(tmp_path, vae_dir, cache_dir):
     assert all(r["tokens_per_s"] > 0 for r in packs) and "loss_pack" in packs[0]
 
 
+def test_init_starts_a_fresh_run_from_weights(tmp_path, vae_dir, cache_dir):
+    """``init``: a new run starts from a checkpoint's EMA weights (or a safetensors state
+    dict) with a fresh optimiser and step count; an existing checkpoint of the new run still
+    wins on resume; weights of another model shape are refused."""
+    first = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir))
+    ckpt = tmp_path / "a" / "checkpoints" / "step-00000004.pt"
+    train(dit_run_config(tmp_path / "b", vae_dir, cache_dir, f"init={ckpt}", "steps=1"),
+          progress=False)
+    trainer = Trainer(dit_run_config(tmp_path / "c", vae_dir, cache_dir, f"init={ckpt}"),
+                      build_task(dit_run_config(tmp_path / "c", vae_dir, cache_dir)),
+                      tmp_path / "c")
+    trainer.initialise(ckpt)
+    assert trainer.step == 0 and not trainer.optimizer.state_dict()["state"]
+    for name, x in first.ema.model.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], x), name
+        assert torch.equal(trainer.ema.model.state_dict()[name], x), f"ema {name}"
+    save_weights(first.ema.model, tmp_path / "w.safetensors")
+    trainer.initialise(tmp_path / "w.safetensors")  # fp16 file: equal up to its rounding
+    for name, x in first.ema.model.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], x, atol=2e-3, rtol=1e-3)
+    resumed = run_until(dit_run_config(tmp_path / "b", vae_dir, cache_dir, "init=/nowhere.pt",
+                                       "steps=1"))
+    assert resumed.step == 1  # resumed from b's own checkpoint; init is not read
+    wider = dit_run_config(tmp_path / "d", vae_dir, cache_dir, f"init={ckpt}",
+                           "model.overrides.ffn_dim=96")
+    with pytest.raises(CineforgeError, match="do not fit this model"):
+        train(wider, progress=False)
+
+
 def test_packed_and_padded_losses_agree(tmp_path, vae_dir, cache_dir):
     """The same items, times, noise and texts give the same errors through
     ``forward_packed`` (one sequence) as through per-shape padded batches."""

@@ -187,6 +187,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 1000
     out: str = "runs/train"
+    init: str = ""  # a fresh run starts from these weights: a checkpoint (its EMA) or .safetensors
     checkpoint_every: int = 500
     keep_last: int = 3
     validate_every: int = 250  # 0: only at the end

@@ -153,6 +153,32 @@ class Trainer:
         self._truncate_log(self.step)
         return self.step
 
+    def initialise(self, path: str | Path) -> None:
+        """Start from the weights in ``path`` (a training checkpoint: its EMA weights; or a
+        ``.safetensors`` state dict such as an exported ``dit.safetensors``); the optimiser,
+        schedule, EMA warm-up and data stream start afresh. Keys and shapes must match."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            if not path.is_file():
+                raise CineforgeError(f"init weights not found: {path}")
+            from safetensors.torch import load_file
+
+            weights = load_file(path)
+        else:
+            state = load_checkpoint(path)
+            if state.get("task") != self.task.name:
+                raise CineforgeError(f"init checkpoint {path} is from a {state.get('task')} run, "
+                                     f"not a {self.task.name} run")
+            weights = state["ema"]["model"]
+        own = self.model.state_dict()
+        mismatched = sorted(set(own) ^ set(weights)) + sorted(
+            k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+        if mismatched:
+            raise CineforgeError(f"init weights {path} do not fit this model (first mismatched "
+                                 f"keys: {mismatched[:3]}); check model.overrides")
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+        self.ema = EMA(self.model, self.config.optim.ema_decay)
+
     def save(self) -> Path:
         return save_checkpoint(self.checkpoint_dir, self.step, self.state_dict(),
                                self.config.keep_last)

@@ -25,15 +25,19 @@ def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True) -
 
     ``resume``: ``"auto"`` continues from the newest checkpoint of the run folder if there
     is one, ``"no"`` starts afresh (refused if the run folder has checkpoints), anything
-    else is the path of a checkpoint to continue from.
+    else is the path of a checkpoint to continue from. A run that starts afresh starts from
+    ``config.init``'s weights when it is set (fine-tuning).
     """
     run_dir = Path(config.out)
     trainer = Trainer(config, build_task(config, progress=progress), run_dir)
+    resumed = None
     if resume != "no":
-        trainer.resume(None if resume == "auto" else resume)
+        resumed = trainer.resume(None if resume == "auto" else resume)
     elif latest_checkpoint(trainer.checkpoint_dir) is not None:
         raise CineforgeError(f"{run_dir} already holds checkpoints; resume it (--resume auto), "
                              "or choose another --out")
+    if resumed is None and config.init:
+        trainer.initialise(config.init)
     write_config(config, run_dir / "config.yaml")
     return trainer.run(progress=progress)
 

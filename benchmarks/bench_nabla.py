@@ -124,6 +124,19 @@ def _sampled_rows(L: int, block: int) -> torch.Tensor:
     return (starts[:, None] + torch.arange(block)).reshape(-1)
 
 
+def oracle_share(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, p: float,
+                 block: int) -> float:
+    """Mean share of key blocks that hold mass ``p`` of the exact attention of the query
+    blocks ``rows`` (whole blocks), fewest blocks first; one head at a time."""
+    shares = []
+    for h in range(q.shape[1]):
+        probs = torch.softmax(q[0, h, rows] @ k[0, h].transpose(0, 1) / q.shape[-1] ** 0.5, -1)
+        mass = probs.reshape(len(rows) // block, block, -1, block).sum(-1).mean(1)
+        top = mass.sort(-1, descending=True).values.cumsum(-1)
+        shares.append(((top < p).sum(-1) + 1).float().mean() / mass.shape[-1])
+    return float(torch.stack(shares).mean())
+
+
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
@@ -155,12 +168,13 @@ def bench_size(grid: tuple[int, int, int], printer: Callable[[str], None]) -> li
         kept = NABLA.block_map(q, k, nabla_grid).float().mean().item()
         sel = _sampled_rows(q.shape[2], NABLA.block_size)
         err = _rel_err(sparse[:, :, sel], F.scaled_dot_product_attention(q[:, :, sel], k, v))
+        oracle = oracle_share(q, k, sel, NABLA.p, NABLA.block_size)
         row = dict(tokens=q.shape[2], kind=kind, heads=q.shape[1], dense_s=t_dense,
                    nabla_s=t_nabla, map_s=t_map, compile_s=max(t_first - t_nabla, 0.0),
-                   kept=kept, speedup=t_dense / t_nabla, rel_err=err)
+                   kept=kept, oracle=oracle, speedup=t_dense / t_nabla, rel_err=err)
         rows.append(row)
         printer(f"{row['tokens']:6d} {kind:16s} {q.shape[1]:5d} {t_dense:8.3f} {t_nabla:8.3f} "
-                f"{t_map:7.3f} {kept:6.1%} {row['speedup']:7.2f}x {err:8.2%} "
+                f"{t_map:7.3f} {kept:6.1%} {oracle:6.1%} {row['speedup']:7.2f}x {err:8.2%} "
                 f"{row['compile_s']:9.1f}")
     return rows
 
@@ -169,7 +183,8 @@ def run(printer: Callable[[str], None] = print) -> list[dict]:
     printer(f"NABLA p={NABLA.p} sta={NABLA.sta_window} tile={NABLA.tile} vs dense SDPA; "
             f"1 x {HEADS} heads (demo: 4) x {DIM} dims, fp32, {torch.get_num_threads()} threads")
     printer(f"{'tokens':>6s} {'input':16s} {'heads':>5s} {'dense s':>8s} {'nabla s':>8s} "
-            f"{'map s':>7s} {'kept':>6s} {'speedup':>8s} {'rel err':>8s} {'compile s':>9s}")
+            f"{'map s':>7s} {'kept':>6s} {'oracle':>6s} {'speedup':>8s} {'rel err':>8s} "
+            f"{'compile s':>9s}")
     rows = []
     for grid in GRIDS:
         rows += bench_size(grid, printer)

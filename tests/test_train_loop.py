@@ -19,6 +19,7 @@ from cineforge.models.wan_dit import WanDiTConfig
 from cineforge.models.wan_vae import WanVAE, WanVAEConfig
 from cineforge.train.config import load_config
 from cineforge.train.data import shapes_world
+from cineforge.train.dit_task import VAL_TIMES
 from cineforge.train.export import load_vae, read_model_config, save_weights, write_model_config
 from cineforge.train.loop import Trainer
 from cineforge.train.run import build_task, export_run, train
@@ -140,7 +141,9 @@ def test_dit_resume_is_exact_and_log_has_fields(tmp_path, vae_dir, cache_dir):
     assert train_keys <= set(records[0])
     val = [r for r in records if r["kind"] == "val"]
     assert [r["step"] for r in val] == [2, 4]
-    assert {"val_image_loss", "val_video_loss"} <= set(val[0])
+    assert {"val_image_loss", "val_video_loss", "val_video_loss@0.98"} <= set(val[0])
+    per_time = [val[0][f"val_video_loss@{t:g}"] for t in VAL_TIMES]
+    assert val[0]["val_video_loss"] == pytest.approx(sum(per_time) / len(per_time))
 
 
 def test_dit_packed_resume_is_exact(tmp_path, vae_dir, cache_dir):

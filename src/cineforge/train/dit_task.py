@@ -46,7 +46,9 @@ from cineforge.train.loop import StepLoss
 from cineforge.train.packing import TokenPacker
 
 DIT_CONFIGS = {"wan2.1-1.3b": WAN_DIT_1_3B, "wan2.1-14b": WAN_DIT_14B, "tiny": WAN_DIT_TINY}
-VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+# Validation times: the mean over them is ``val_{kind}_loss``; ``val_{kind}_loss@t`` per time.
+# 0.98 watches the near-pure-noise end, where samplers with shift > 1 take their first steps.
+VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.98)
 _VAL_SEED = 2_718_281  # the validation noise's seed, offset from the run's seed
 
 
@@ -180,11 +182,17 @@ class DiTTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        sums: dict[str, list[float]] = {}
+        sums: dict[str, list[torch.Tensor]] = {}
         for kind, x0, noise, times, context in self.val:
-            sums.setdefault(kind, []).append(float(self._padded_errors(
-                model, x0, noise, times, context).mean()))
-        return {f"val_{kind}_loss": sum(v) / len(v) for kind, v in sums.items()}
+            errors = self._padded_errors(model, x0, noise, times, context)
+            sums.setdefault(kind, []).append(errors.flatten(1).mean(1).cpu())
+        out = {}
+        for kind, per_item in sums.items():
+            per_time = torch.stack(per_item).mean(0)
+            out[f"val_{kind}_loss"] = float(per_time.mean())
+            out |= {f"val_{kind}_loss@{t:g}": float(x) for t, x in
+                    zip(VAL_TIMES, per_time, strict=True)}
+        return out
 
     # ------------------------------------------------------------------ export
 

@@ -56,9 +56,9 @@ def test_readme_main_command_makes_the_prompted_video_offline(tmp_path):
     frames, fps = read_video(out)
     assert frames.shape == (17, 64, 64, 3) and fps == 8
     found = analyze_clip(frames)  # "a red circle moves to the right"
-    # The shipped interim model follows colour (85-90 % in `cineforge eval shapes`), not yet
-    # shape or motion (chance level): docs/demo-training.md. Shape and motion join this
-    # check when the model that follows them ships.
+    # The shipped model follows colour and background (over 90 % in `cineforge eval shapes`),
+    # not yet shape or motion (near chance): docs/demo-training.md. Shape and motion join
+    # this check when a model that follows them ships.
     assert found.found and found.colour == "red", found
 
 

@@ -225,7 +225,8 @@ K5_T2I_LITE = dataclasses.replace(
 )
 
 # The shipped demo (``cineforge/assets/demo``, fp16): trained by this project on its own
-# shapes world with configs/demo_vae.yaml and configs/demo_dit.yaml (docs/demo-training.md).
+# shapes world with configs/demo_vae.yaml, then the DiT in three stages: configs/demo_dit_p2.yaml
+# (to its step-2000 checkpoint), demo_dit_p2s3.yaml, demo_dit_p2s3b.yaml (docs/demo-training.md).
 # These configs equal the JSON files shipped beside the weights (tests/test_demo_model.py).
 DEMO_DIT = dataclasses.replace(
     WAN_DIT_1_3B,
@@ -234,7 +235,7 @@ DEMO_DIT = dataclasses.replace(
     num_heads=4,
     num_layers=8,
     text_dim=384,
-    patch_size=(1, 4, 4),
+    patch_size=(1, 2, 2),
     text_len=64,
 )
 DEMO_VAE = CompactVAEConfig(

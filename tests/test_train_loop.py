@@ -181,7 +181,7 @@ def test_init_starts_a_fresh_run_from_weights(tmp_path, vae_dir, cache_dir):
     assert resumed.step == 1  # resumed from b's own checkpoint; init is not read
     wider = dit_run_config(tmp_path / "d", vae_dir, cache_dir, f"init={ckpt}",
                            "model.overrides.ffn_dim=96")
-    with pytest.raises(CineforgeError, match="do not fit this model"):
+    with pytest.raises(CineforgeError, match="init weights .* do not fit the model"):
         train(wider, progress=False)
 
 

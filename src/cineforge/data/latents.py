@@ -82,7 +82,7 @@ class LatentItems:
 
             self._handles[path] = safe_open(path, framework="pt")
         f = self._handles[path]
-        text = (f.get_tensor(f"{j}.text").float() if self.entries[i].get("text_len", 1)
+        text = (f.get_tensor(f"{j}.text").float() if self.entries[i]["text_len"]
                 else torch.zeros(0, self.meta.get("text_dim", 0)))
         return CacheItem(f.get_tensor(f"{j}.latent").float(), text, self.entries[i]["caption"])
 

@@ -44,6 +44,7 @@ from cineforge.train.optim import (
     grad_norm_,
     weight_norm,
 )
+from cineforge.weights.keymap import check_state_dict
 
 
 @dataclass
@@ -170,12 +171,8 @@ class Trainer:
                 raise CineforgeError(f"init checkpoint {path} is from a {state.get('task')} run, "
                                      f"not a {self.task.name} run")
             weights = state["ema"]["model"]
-        own = self.model.state_dict()
-        mismatched = sorted(set(own) ^ set(weights)) + sorted(
-            k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-        if mismatched:
-            raise CineforgeError(f"init weights {path} do not fit this model (first mismatched "
-                                 f"keys: {mismatched[:3]}); check model.overrides")
+        check_state_dict(self.model, weights, what=f"init weights {path}")
+        own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
         self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
         self.ema = EMA(self.model, self.config.optim.ema_decay)
 

@@ -185,6 +185,26 @@ def test_init_starts_a_fresh_run_from_weights(tmp_path, vae_dir, cache_dir):
         train(wider, progress=False)
 
 
+def test_init_fresh_adds_new_modules_to_trained_weights(tmp_path, vae_dir, cache_dir):
+    """A model that gained a module (``abs_position``) starts from weights without it only
+    when ``init_fresh`` names the module; the new module keeps its (zero) initialisation and
+    every other weight is loaded."""
+    first = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir))
+    ckpt = tmp_path / "a" / "checkpoints" / "step-00000004.pt"
+    grown = ("model.overrides.abs_position=true",)
+    with pytest.raises(CineforgeError, match="2 missing .*pos_embedding.weight"):
+        train(dit_run_config(tmp_path / "b", vae_dir, cache_dir, f"init={ckpt}", *grown),
+              progress=False)
+    config = dit_run_config(tmp_path / "c", vae_dir, cache_dir, f"init={ckpt}", *grown,
+                            "init_fresh=[pos_embedding]")
+    trainer = Trainer(config, build_task(config), tmp_path / "c")
+    trainer.initialise(ckpt)
+    own = trainer.model.state_dict()
+    assert own["pos_embedding.weight"].abs().max() == 0
+    for name, x in first.ema.model.state_dict().items():
+        assert torch.equal(own[name], x), name
+
+
 def test_packed_and_padded_losses_agree(tmp_path, vae_dir, cache_dir):
     """The same items, times, noise and texts give the same errors through
     ``forward_packed`` (one sequence) as through per-shape padded batches."""

@@ -9,17 +9,20 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import register_attention_backend
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
 from cineforge.models.wan_dit import (
+    ABS_POSITION_FEATURES,
     WAN_DIT_1_3B,
     WAN_DIT_14B,
     WAN_DIT_TINY,
     WanDiT,
     WanDiTConfig,
+    abs_position_features,
     pad_context,
     wan_dit_flops,
 )
@@ -216,6 +219,37 @@ def test_init_weights_is_reproducible_and_zero_velocity():
         assert torch.equal(pa, pb), name
     out = a(torch.randn(1, 16, 1, 4, 4), torch.tensor(0.5), torch.randn(1, 3, 32))
     assert out.shape == (1, 16, 1, 4, 4) and out.abs().max() == 0
+
+
+def test_abs_position_starts_as_a_no_op_and_then_marks_each_axis():
+    """``abs_position`` (cineforge's extension): zero-initialised, the model equals the plain
+    one with the same weights; once trained, a token's output depends on its absolute
+    index along every axis; the features are raster-ordered sinusoids of (frame, row, col)."""
+    config = dataclasses.replace(WAN_DIT_TINY, abs_position=True)
+    model = WanDiT(config).init_weights(_gen(7))
+    plain = WanDiT(WAN_DIT_TINY)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("pos_embedding.")})
+    for m in (model, plain):
+        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(8))
+    g = _gen(9)
+    x, context = torch.randn(2, 16, 3, 4, 6, generator=g), torch.randn(2, 5, 32, generator=g)
+    t = torch.tensor(0.6)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, context), plain(x, t, context))
+        nn.init.normal_(model.pos_embedding.weight, std=0.1, generator=g)
+        assert (model(x, t, context) - plain(x, t, context)).abs().max() > 1e-2
+
+    feats = abs_position_features((3, 4, 6), torch.device("cpu")).view(3, 4, 6, 3, -1)
+    n = ABS_POSITION_FEATURES // 2
+    freqs = 100.0 ** -(torch.arange(n, dtype=torch.float64) / n)
+    for axis, index in enumerate((2, 3, 5)):
+        token = [0, 0, 0]
+        token[axis] = index
+        expected = torch.cat([(index * freqs).cos(), (index * freqs).sin()]).float()
+        torch.testing.assert_close(feats[tuple(token)][axis], expected)
+    for axis, alone in enumerate(((1, 0, 0), (0, 2, 0), (0, 0, 3))):  # each axis its own index
+        assert torch.equal(feats[1, 2, 3][axis], feats[alone][axis])
 
 
 def test_bad_inputs_and_configs_raise():

@@ -26,6 +26,9 @@ item's time, so it equals ``forward`` on each item alone.
 With a NABLA backend, ``forward`` runs the blocks in tile order (``models.sparse_layout``): only
 self-attention is block-sparse, cross-attention is dense SDPA; ``forward_packed`` refuses NABLA.
 
+``abs_position`` (a cineforge extension, off for every official config) adds a learned
+function of each token's absolute (frame, row, column) index to the patch tokens.
+
 Module names equal the official release's (``wan/modules/model.py``), so official weights
 load through a near-identity key map.
 
@@ -71,6 +74,11 @@ class WanDiTConfig:
     timestep_scale: float = 1000.0
     rope_theta: float = 10000.0
     attention: str = "sdpa"
+    # cineforge extension, off in every Wan release: add a learned function of each token's
+    # absolute (frame, row, column) index to the patch tokens (``abs_position_features``
+    # through the zero-initialised Linear ``pos_embedding``). RoPE only gives relative
+    # positions; a small model needs the absolute frame to lay out motion from pure noise.
+    abs_position: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim",
@@ -112,10 +120,10 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     return torch.addcmul(x.float(), y.float(), gate).type_as(x)
 
 
-def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[cos(t w_i), sin(t w_i)]`` with ``w_i = 10000 ** (-i / (dim / 2))``; float64."""
+def timestep_sinusoid(t: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """``[cos(t w_i), sin(t w_i)]`` with ``w_i = base ** (-i / (dim / 2))``; float64."""
     half = dim // 2
-    freqs = 10000.0 ** -(torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    freqs = base ** -(torch.arange(half, dtype=torch.float64, device=t.device) / half)
     angles = torch.outer(t.to(torch.float64), freqs)
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
@@ -227,6 +235,8 @@ class WanDiT(nn.Module):
         self.config = c = config
         self.attention_backend = attention = get_attention_backend(c.attention)
         self.patch_embedding = nn.Conv3d(c.in_channels, c.dim, c.patch_size, c.patch_size)
+        if c.abs_position:
+            self.pos_embedding = nn.Linear(3 * ABS_POSITION_FEATURES, c.dim)
         self.text_embedding = nn.Sequential(
             nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
         )
@@ -250,7 +260,7 @@ class WanDiT(nn.Module):
         layout = self_attention_layout(self.attention_backend, grid, x.device)
         dtype = self.patch_embedding.weight.dtype
 
-        tokens = self._patchify(x)
+        tokens = self._patchify(x) + self._abs_position([grid], x.device)
         context = self.text_embedding(context.to(dtype))
         e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]))
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
@@ -288,6 +298,7 @@ class WanDiT(nn.Module):
         dtype = self.patch_embedding.weight.dtype
 
         tokens = torch.cat([self._patchify(x[None]) for x in latents], dim=1)  # 1, L, dim
+        tokens = tokens + self._abs_position(grids, device)
         context = self.text_embedding(torch.cat(contexts).to(dtype)[None])  # 1, M, dim
         e, e0 = self._time_embedding(t)
         item = segment_ids(lengths, device)
@@ -313,6 +324,17 @@ class WanDiT(nn.Module):
         patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, ch * pt * ph * pw)
         tokens = F.linear(patches.to(weight.dtype), weight.flatten(1), self.patch_embedding.bias)
         return tokens.to(weight.dtype)
+
+    def _abs_position(
+        self, grids: list[tuple[int, int, int]], device: torch.device
+    ) -> torch.Tensor | float:
+        """The absolute-position term for the tokens of ``grids`` laid end to end (1, L, dim);
+        0.0 when the model has none."""
+        if not self.config.abs_position:
+            return 0.0
+        weight = self.pos_embedding.weight
+        feats = torch.cat([abs_position_features(g, device) for g in grids])
+        return F.linear(feats.to(weight.dtype), weight, self.pos_embedding.bias)[None]
 
     def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow times (N,) -> e (N, dim) and e0 (N, 6, dim), fp32, autocast off."""
@@ -377,7 +399,26 @@ class WanDiT(nn.Module):
         for table in [b.modulation for b in self.blocks] + [self.head.modulation]:
             nn.init.normal_(table, std=self.config.dim**-0.5, generator=generator)
         nn.init.zeros_(self.head.head.weight)
+        if self.config.abs_position:  # starts as a no-op, so it can be added to trained weights
+            nn.init.zeros_(self.pos_embedding.weight)
         return self
+
+
+ABS_POSITION_FEATURES = 32  # per axis: 16 frequencies, cos and sin
+
+
+def abs_position_features(grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """Raster-order features of the token indices of ``grid`` (T, H, W): for each axis,
+    ``[cos(i w_k), sin(i w_k)]`` with ``w_k = 100 ** (-k / 16)`` (1 to ~0.013 rad per token),
+    concatenated: (T * H * W, 3 * ABS_POSITION_FEATURES), fp32."""
+    axes = [timestep_sinusoid(torch.arange(n, device=device), ABS_POSITION_FEATURES, base=100.0)
+            for n in grid]
+    t, h, w = grid
+    return torch.cat([
+        axes[0][:, None, None].expand(t, h, w, -1),
+        axes[1][None, :, None].expand(t, h, w, -1),
+        axes[2][None, None, :].expand(t, h, w, -1),
+    ], dim=-1).reshape(t * h * w, -1).float()
 
 
 def pad_context(context: torch.Tensor, text_len: int) -> torch.Tensor:

@@ -157,7 +157,9 @@ class Trainer:
     def initialise(self, path: str | Path) -> None:
         """Start from the weights in ``path`` (a training checkpoint: its EMA weights; or a
         ``.safetensors`` state dict such as an exported ``dit.safetensors``); the optimiser,
-        schedule, EMA warm-up and data stream start afresh. Keys and shapes must match."""
+        schedule, EMA warm-up and data stream start afresh. Keys and shapes must match, except
+        that modules named in ``config.init_fresh`` (added to the model since) keep their
+        fresh initialisation."""
         path = Path(path)
         if path.suffix == ".safetensors":
             if not path.is_file():
@@ -171,9 +173,11 @@ class Trainer:
                 raise CineforgeError(f"init checkpoint {path} is from a {state.get('task')} run, "
                                      f"not a {self.task.name} run")
             weights = state["ema"]["model"]
-        check_state_dict(self.model, weights, what=f"init weights {path}")
+        fresh = self.config.init_fresh
+        check_state_dict(self.model, weights, what=f"init weights {path}", may_miss=fresh)
         own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
-        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()},
+                                   strict=not fresh)
         self.ema = EMA(self.model, self.config.optim.ema_decay)
 
     def save(self) -> Path:

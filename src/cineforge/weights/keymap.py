@@ -11,7 +11,7 @@ Loading is strict: missing keys, unexpected keys and shape mismatches all raise.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -69,11 +69,14 @@ class KeyMap:
 
 
 def check_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "weights"
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "weights",
+    may_miss: Sequence[str] = (),
 ) -> None:
-    """Raise a CineforgeError naming missing/unexpected keys and shape mismatches."""
+    """Raise a CineforgeError naming missing/unexpected keys and shape mismatches; keys under
+    the module prefixes ``may_miss`` (e.g. ``"pos_embedding"``) may be missing."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
+    missing = sorted(k for k in set(expected) - set(state_dict)
+                     if not any(k == p or k.startswith(p + ".") for p in may_miss))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"

@@ -121,3 +121,27 @@ def test_embedded_preset_loads_without_a_folder(tmp_path, monkeypatch):
                                dit.patch_embedding.weight.half().float())
     with pytest.raises(CineforgeError, match="needs --weights"):
         load_pipeline_components(PRESET, None)
+
+
+def test_cineforge_export_is_built_from_its_own_config(tmp_path):
+    """A cineforge-layout folder with ``dit.json`` (what ``cineforge train`` exports) loads
+    the model that config describes, here with ``abs_position``, under the preset it was
+    trained for; without the JSON the preset's config is used, and refuses those weights."""
+    from cineforge.train.export import write_model_config
+    from cineforge.weights.loader import save_components
+
+    _, vae = _reference_models()
+    grown = dataclasses.replace(PRESET.dit, abs_position=True)
+    dit = perturb(WanDiT(grown), 7)
+    save_components(tmp_path, dit=dit, vae=vae)
+    with pytest.raises(CineforgeError, match="unexpected .*pos_embedding"):
+        load_model(PRESET, tmp_path, "dit")
+    write_model_config(grown, tmp_path / "dit.json")
+    loaded = load_model(PRESET, tmp_path, "dit")
+    assert loaded.config == grown
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, ctx), dit(x, t, ctx), rtol=0, atol=1e-5)
+    write_model_config(vae.config, tmp_path / "dit.json")  # the wrong kind of config
+    with pytest.raises(CineforgeError, match="holds a WanVAEConfig, not a WanDiTConfig"):
+        load_model(PRESET, tmp_path, "dit")

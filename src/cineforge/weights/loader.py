@@ -171,10 +171,18 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     layout: str | None = None,
 ) -> nn.Module:
-    """Build ``part`` ("dit" or "vae") of ``preset`` on the meta device and load it on CPU."""
+    """Build ``part`` ("dit" or "vae") of ``preset`` on the meta device and load it on CPU.
+
+    A cineforge-layout folder with ``{part}.json`` beside the weights (what ``cineforge train``
+    exports) is built from that config, of the preset's config type: a run trained at another
+    size, or with ``abs_position``, loads under the preset it was trained for."""
     layout = layout or detect_layout(preset, folder)
     spec: WeightFile = getattr(FAMILIES[preset.family][layout], part)
     config = preset.dit if part == "dit" else preset.vae
+    if layout == "cineforge" and (Path(folder) / f"{part}.json").is_file():
+        from cineforge.train.export import read_model_config
+
+        config = read_model_config(type(config), Path(folder) / f"{part}.json")
     state = spec.keymap.convert(spec.read(Path(folder), preset))
     with torch.device("meta"):
         model = MODEL_CLASSES[type(config)](config)

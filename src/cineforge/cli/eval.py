@@ -59,7 +59,7 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
     models = {preset.name: components}
     if not args.no_baseline:
         torch.manual_seed(args.seed)
-        random_dit = type(components.dit)(preset.dit).eval().requires_grad_(False)
+        random_dit = type(components.dit)(components.dit.config).eval().requires_grad_(False)
         models["random weights"] = dataclasses.replace(components, dit=random_dit)
     rows = []
     for name, parts in models.items():

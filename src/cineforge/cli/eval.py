@@ -1,8 +1,10 @@
-"""``cineforge eval shapes``: does a shapes-world model follow its prompts?
+"""``cineforge eval shapes|text-use``: does a shapes-world model follow its prompts?
 
-Generates one clip per prompt for held-in and held-out (colour, shape, motion) prompts,
-reads colour, shape and motion back from the pixels (``cineforge.eval.shapes``) and prints
-accuracy per attribute, beside the same figures for a random-weight DiT (chance baseline).
+``shapes`` generates one clip per prompt for held-in and held-out (colour, shape, motion)
+prompts, reads colour, shape and motion back from the pixels (``cineforge.eval.shapes``) and
+prints accuracy per attribute, beside the same figures for a random-weight DiT (chance
+baseline). ``text-use`` prints how much the flow loss on held-in clips rises when one
+attribute of the caption is swapped (``cineforge.eval.text_use``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,23 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
             clips = generate_clips(pipe, specs, request, args.batch, f"{name} {split}")
             rows.append((name, split, score_clips(clips, specs)))
     return rows
+
+
+def run_text_use(args: argparse.Namespace):
+    from cineforge.eval.text_use import text_use
+
+    preset = get_preset(args.preset)
+    pipe = TextToVideo(load_pipeline_components(preset, args.weights))
+    return text_use(pipe, prompt_specs("held-in", args.n, preset), seed=args.seed,
+                    batch=args.batch)
+
+
+def print_text_use(result) -> None:
+    print(f"flow-loss increase with one caption attribute swapped ({result.n} held-in clips)")
+    print(f"{'t':<10}" + "".join(f"{t:>9.2f}" for t in result.times))
+    print(f"{'loss':<10}" + "".join(f"{v:>9.4f}" for v in result.loss))
+    for name, values in result.increase.items():
+        print(f"{name:<10}" + "".join(f"{100 * v:>8.1f}%" for v in values))
 
 
 def print_table(rows) -> None:

@@ -78,9 +78,12 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cineforge.cli.eval import print_table, run_eval
+    from cineforge.cli.eval import print_table, print_text_use, run_eval, run_text_use
 
-    print_table(run_eval(args))
+    if args.suite == "text-use":
+        print_text_use(run_text_use(args))
+    else:
+        print_table(run_eval(args))
     return 0
 
 

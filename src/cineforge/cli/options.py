@@ -89,7 +89,9 @@ def check_prompt(prompt: str) -> str:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=("shapes",), help="what to evaluate")
+    p.add_argument("suite", choices=("shapes", "text-use"),
+                   help="shapes: generate and read back colour/shape/motion; text-use: flow-loss "
+                        "increase when one attribute of the caption is swapped (no sampling)")
     p.add_argument("--preset", default="demo", help="model preset")
     p.add_argument("--weights", type=Path, help="weights folder (default: the preset's own)")
     p.add_argument("-n", type=int, default=200, help="prompts per split")

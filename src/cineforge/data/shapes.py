@@ -20,6 +20,7 @@ Item ``i`` of a ``ShapesWorld`` depends on (seed, split, i) alone, so a trainer 
 data position. Sizes are in pixels at 64 px and scale with ``min(height, width) / 64``.
 """
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterator
@@ -380,6 +381,24 @@ def _caption(rng, objects, background: Background, image: bool) -> str:
     if participle:
         return f"{_pick(rng, ('', 'a video of ', 'a clip of '))}{body} {bg}"
     return f"{body} {bg}" if rng.random() < 0.75 else f"{bg}, {body}"
+
+
+OPPOSITE_MOTION = {
+    "left": "right", "right": "left", "up": "down", "down": "up",
+    "up_left": "down_right", "down_right": "up_left", "up_right": "down_left",
+    "down_left": "up_right", "grow": "shrink", "shrink": "grow", "bounce": "still",
+    "still": "bounce",
+}
+
+
+def recaption(spec: ClipSpec, seed: int = 0, **change: str) -> str:
+    """A caption for ``spec`` with the main object's attributes replaced by ``change`` (e.g.
+    ``motion="left"``, ``colour="blue"``); the wording is drawn from ``seed``, so captions of
+    one spec with different changes differ only in the changed words."""
+    if "colour" in change:
+        change["rgb"] = COLOURS[change["colour"]]
+    objects = (dataclasses.replace(spec.main, **change), *spec.objects[1:])
+    return _caption(np.random.default_rng(seed), objects, spec.background, spec.frames == 1)
 
 
 _MOTION_WORDS = {

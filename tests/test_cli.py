@@ -46,6 +46,10 @@ def test_generate_writes_decodable_mp4_and_seed_reproduces(weights, tmp_path):
     assert np.array_equal(frames_a, frames_b)
     assert np.abs(frames_a.astype(int) - frames_c.astype(int)).mean() > 0.5
     assert frames_a.std() > 1.0  # a real picture, not a constant frame
+    d = tmp_path / "d.mp4"  # same seed, noise partly shared by the frames: another video
+    assert _generate(weights, d, "--size", "96x64", "--frames", "9", "--seed", "5",
+                     "--frame-noise", "0.5") == 0
+    assert np.abs(read_video(d)[0].astype(int) - frames_a.astype(int)).mean() > 0.5
 
 
 def test_generate_image_and_gif(weights, tmp_path):
@@ -62,6 +66,7 @@ def test_generate_image_and_gif(weights, tmp_path):
         (["a cat", "--frames", "10"], "4k+1"),
         (["a cat", "--preset", "nope"], "unknown preset"),
         (["   "], "prompt is empty"),
+        (["a cat", "--frame-noise", "1.0"], "--frame-noise must be in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(weights, tmp_path, capsys, args, message):

@@ -10,6 +10,7 @@ from cineforge.sampling import (
     euler_schedule,
     euler_steps,
     flow_sigmas,
+    frame_noise,
     get_solver,
     guided_velocity,
     initial_noise,
@@ -210,6 +211,22 @@ def test_initial_noise_is_seeded_and_cpu_drawn():
     assert torch.equal(a, b.float()) and not torch.equal(a, c)
     assert torch.equal(a, torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(42)))
     assert initial_noise((2,), torch.Generator().manual_seed(0), device="meta").is_meta
+
+
+def test_frame_noise_is_unit_normal_with_the_asked_correlation_between_frames():
+    shape = (2, 16, 5, 32, 32)
+    assert torch.equal(frame_noise(shape, torch.Generator().manual_seed(3)),
+                       torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    for share in (0.3, 0.7):
+        x = initial_noise(shape, torch.Generator().manual_seed(4), frame_share=share)
+        assert abs(x.var().item() - 1) < 0.02 and abs(x.mean().item()) < 0.02
+        frames = x.transpose(0, 2).reshape(5, -1)  # T, everything else
+        corr = torch.corrcoef(frames)[~torch.eye(5, dtype=torch.bool)]
+        assert (corr - share).abs().max() < 0.03, (share, corr)
+    image = frame_noise((1, 16, 1, 8, 8), torch.Generator().manual_seed(5), 0.5)
+    assert abs(image.var().item() - 1) < 0.3  # one frame: still unit variance
+    with pytest.raises(CineforgeError, match=r"in \[0, 1\)"):
+        frame_noise(shape, torch.Generator(), 1.0)
 
 
 def test_unipc_with_guidance_reproduces_wan_pipeline_latents():

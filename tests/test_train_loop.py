@@ -223,6 +223,28 @@ def test_packed_and_padded_losses_agree(tmp_path, vae_dir, cache_dir):
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
 
 
+def test_frame_noise_share_shapes_the_training_and_validation_noise(tmp_path, vae_dir,
+                                                                    cache_dir, monkeypatch):
+    """``flow.frame_noise_share`` reaches every noise draw of the DiT task (training and
+    validation): the frames of the drawn noise correlate at about that share."""
+    from cineforge.train import dit_task
+
+    seen = []
+    draw = dit_task.frame_noise
+    monkeypatch.setattr(dit_task, "frame_noise",
+                        lambda shape, g, share: seen.append(share) or draw(shape, g, share))
+    config = dit_run_config(tmp_path, vae_dir, cache_dir, "flow.frame_noise_share=0.6")
+    task = build_task(config)
+    clips = [noise for _, _, noise, _, _ in task._validation_set(list(range(len(task.cache))))
+             if noise.shape[2] > 1]  # (times, C, T, H, W) per clip
+    task.loss(task.model, task.next_batch(torch.Generator().manual_seed(0)),
+              torch.Generator().manual_seed(1))
+    assert seen and set(seen) == {0.6}
+    first, second = (torch.cat([n[:, :, k].flatten() for n in clips]) for k in (0, 1))
+    corr = torch.corrcoef(torch.stack([first, second]))[0, 1].item()
+    assert len(clips) >= 2 and 0.45 < corr < 0.75, corr
+
+
 def test_packing_without_forward_packed_is_a_clear_error():
     from cineforge.train.dit_task import _require_packing
 

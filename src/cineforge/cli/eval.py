@@ -55,6 +55,7 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
         shift=s.shift if args.shift is None else args.shift,
         negative=s.negative,
         solver=s.solver,
+        frame_noise_share=s.frame_noise_share if args.frame_noise is None else args.frame_noise,
         seed=args.seed,
     )
     components = load_pipeline_components(preset, args.weights)

@@ -53,6 +53,7 @@ def build_request(opts: GenerateOptions) -> VideoRequest:
         guidance=s.guidance if opts.guidance is None else opts.guidance,
         shift=s.shift if opts.shift is None else opts.shift,
         solver=opts.solver or s.solver,
+        frame_noise_share=s.frame_noise_share if opts.frame_noise is None else opts.frame_noise,
         seed=opts.seed,
     )
 

@@ -23,6 +23,7 @@ class GenerateOptions:
     guidance: float | None = None
     shift: float | None = None
     solver: str | None = None
+    frame_noise: float | None = None
     negative: str | None = None
     seed: int = 0
     fps: int | None = None
@@ -61,6 +62,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument("--shift", type=float, help="flow-matching timestep shift")
     p.add_argument("--solver", choices=("unipc", "euler"), help="sampler")
+    add_frame_noise_argument(p)
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same video)")
     p.add_argument("--fps", type=int, help="frames per second of the output file")
@@ -78,6 +80,12 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         help="CPU offloading for small GPUs: per model or per DiT block",
     )
     p.add_argument("--vae-tile", type=int, help="decode in spatial tiles of this many pixels")
+
+
+def add_frame_noise_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frame-noise", type=float,
+                   help="share of the initial noise common to all frames, as the model was "
+                        "trained (flow.frame_noise_share; default: the preset's)")
 
 
 def check_prompt(prompt: str) -> str:
@@ -98,6 +106,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--guidance", type=float, help="CFG scale (default: the preset's)")
     p.add_argument("--shift", type=float, help="timestep shift (default: the preset's)")
+    add_frame_noise_argument(p)
     p.add_argument("--batch", type=int, default=8, help="clips generated at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")

@@ -39,6 +39,7 @@ class VideoRequest:
     negative: str = ""
     solver: str = "unipc"
     seed: int = 0
+    frame_noise_share: float = 0.0  # share of the initial noise common to all frames
 
 
 def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> None:
@@ -61,6 +62,8 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
         raise CineforgeError(f"--steps must be at least 1, got {r.steps}")
     if r.guidance < 0:
         raise CineforgeError(f"--guidance must be >= 0, got {r.guidance}")
+    if not 0 <= r.frame_noise_share < 1:
+        raise CineforgeError(f"--frame-noise must be in [0, 1), got {r.frame_noise_share}")
     if r.shift <= 0:
         raise CineforgeError(f"--shift must be > 0, got {r.shift}")
     get_solver(r.solver)
@@ -99,9 +102,11 @@ class FlowPipeline:
         raise NotImplementedError
 
     def initial_latents(self, r: VideoRequest, batch: int) -> torch.Tensor:
-        """Standard normal float32 latents from ``r.seed``."""
+        """Standard normal float32 latents from ``r.seed`` (``r.frame_noise_share`` of their
+        variance common to all frames)."""
         generator = torch.Generator().manual_seed(r.seed)
-        return initial_noise(self.latent_shape(r, batch), generator)
+        return initial_noise(self.latent_shape(r, batch), generator,
+                             frame_share=r.frame_noise_share)
 
     def schedule(self, steps: int, shift: float, solver: str) -> tuple[torch.Tensor, ...]:
         """``(sigmas, times)`` the solver walks (its own schedule by default)."""

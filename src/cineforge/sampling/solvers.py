@@ -9,6 +9,7 @@ Each solver yields a :class:`SolverStep` after every step; :func:`sample` runs o
 Guidance, offloading and parallelism wrap the velocity callable, never these loops.
 """
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ __all__ = [
     "Velocity",
     "euler_steps",
     "get_solver",
+    "frame_noise",
     "initial_noise",
     "sample",
     "unipc_steps",
@@ -50,16 +52,36 @@ def initial_noise(
     generator: torch.Generator,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    *,
+    frame_share: float = 0.0,
 ) -> Tensor:
     """Standard normal noise drawn on the CPU from ``generator`` (a CPU generator), then moved
-    to ``device`` and ``dtype``: the same seed gives the same noise on every device."""
+    to ``device`` and ``dtype``: the same seed gives the same noise on every device.
+    ``frame_share``: the part of the noise's variance common to all frames (``frame_noise``),
+    for models trained that way; 0 gives i.i.d. noise."""
     if generator.device.type != "cpu":
         raise CineforgeError(
             f"initial_noise needs a CPU torch.Generator, got one on {generator.device}; "
             "create it with torch.Generator().manual_seed(seed)"
         )
-    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
-    return noise.to(device=device, dtype=dtype)
+    return frame_noise(tuple(shape), generator, frame_share).to(device=device, dtype=dtype)
+
+
+def frame_noise(shape: tuple[int, ...], generator: torch.Generator,
+                frame_share: float = 0.0) -> Tensor:
+    """Float32 noise of ``shape`` (``..., T, H, W``), each element N(0, 1), with correlation
+    ``frame_share`` between frames: ``sqrt(1 - s) own + sqrt(s) common``, where ``common`` is
+    one draw shared by the T frames (the "mixed noise" prior of PYoCo, Ge et al. 2023). At high
+    noise the layout then starts out the same in every frame, and the model learns how frames
+    differ instead of reconciling independent draws. ``frame_share == 0`` draws exactly
+    ``torch.randn(shape)``."""
+    if not 0.0 <= frame_share < 1.0:
+        raise CineforgeError(f"frame noise share must be in [0, 1), got {frame_share}")
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if frame_share == 0.0 or len(shape) < 3:
+        return noise
+    common = torch.randn((*shape[:-3], 1, *shape[-2:]), generator=generator)
+    return math.sqrt(1.0 - frame_share) * noise + math.sqrt(frame_share) * common
 
 
 def _schedule(sigmas: Tensor, times: Tensor | None) -> tuple[Tensor, Tensor]:

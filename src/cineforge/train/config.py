@@ -140,7 +140,9 @@ class FlowObjective:
 
     ``timesteps``: ``logit_normal`` (``sigmoid(mean + std * N(0, 1))``) or ``uniform``, then
     ``shift_time(t, shift)``. ``caption_dropout``: probability of training an item on the
-    states of the empty prompt ``""`` (the unconditional branch of CFG).
+    states of the empty prompt ``""`` (the unconditional branch of CFG). ``frame_noise_share``:
+    the part of the noise variance common to all latent frames (``sampling.frame_noise``);
+    sample such a model with the same share.
     """
 
     timesteps: str = "logit_normal"
@@ -149,12 +151,14 @@ class FlowObjective:
     shift: float = 1.0
     caption_dropout: float = 0.1
     packing: bool = False
+    frame_noise_share: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.timesteps in ("logit_normal", "uniform"),
                  f"flow.timesteps must be 'logit_normal' or 'uniform', got {self.timesteps!r}")
         _require(self.std > 0 and self.shift > 0, "flow.std and flow.shift must be > 0")
         _require(0.0 <= self.caption_dropout <= 1.0, "flow.caption_dropout must be in [0, 1]")
+        _require(0.0 <= self.frame_noise_share < 1.0, "flow.frame_noise_share must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from torch import nn
 from cineforge.data.latents import CacheItem, LatentCache
 from cineforge.errors import CineforgeError
 from cineforge.models.wan_dit import WAN_DIT_1_3B, WAN_DIT_14B, WAN_DIT_TINY, WanDiT, pad_context
+from cineforge.sampling import frame_noise
 from cineforge.train.config import TrainConfig, build_model_config
 from cineforge.train.data import IndexStream, ShapeBuckets
 from cineforge.train.export import save_weights, write_model_config
@@ -128,7 +129,7 @@ class DiTTask:
             t = sample_times(len(items), generator, kind=f.timesteps, mean=f.mean, std=f.std,
                              shift=f.shift)
             x0 = [item.latent for item in items]
-            noise = [torch.randn(x.shape, generator=generator) for x in x0]
+            noise = [frame_noise(x.shape, generator, f.frame_noise_share) for x in x0]
             context = self.contexts(items, keep)
             if f.packing:
                 errors = self._packed_errors(model, x0, noise, t, context)
@@ -174,7 +175,7 @@ class DiTTask:
         for i in held:
             item = self.cache[i]
             x0 = item.latent[None].expand(len(times), *item.latent.shape)
-            noise = torch.randn(x0.shape, generator=generator)
+            noise = frame_noise(x0.shape, generator, self.config.flow.frame_noise_share)
             context = self.contexts([item], torch.ones(1, dtype=torch.bool))[0]
             out.append((ShapeBuckets.kind(tuple(item.latent.shape)), x0, noise, times,
                         context[None].expand(len(times), *context.shape)))

@@ -34,6 +34,7 @@ class SamplerDefaults:
     shift: float
     solver: str = "unipc"
     negative: str = ""
+    frame_noise_share: float = 0.0  # the model's training noise: sampling.frame_noise
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,9 @@ def run_text_use(args: argparse.Namespace):
 
     preset = get_preset(args.preset)
     pipe = TextToVideo(load_pipeline_components(preset, args.weights))
+    share = preset.sampler.frame_noise_share if args.frame_noise is None else args.frame_noise
     return text_use(pipe, prompt_specs("held-in", args.n, preset), seed=args.seed,
-                    batch=args.batch)
+                    batch=args.batch, frame_noise_share=share)
 
 
 def print_text_use(result) -> None:

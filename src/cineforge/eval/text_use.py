@@ -27,6 +27,7 @@ from cineforge.data.shapes import (
     to_video_tensor,
 )
 from cineforge.errors import CineforgeError
+from cineforge.sampling import frame_noise
 
 SWAPPED = ("colour", "shape", "motion")
 TIMES = (0.5, 0.7, 0.9, 0.98)
@@ -60,9 +61,9 @@ def swapped_captions(specs: Sequence[ClipSpec]) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def text_use(pipe, specs: Sequence[ClipSpec], times: Sequence[float] = TIMES, *,
-             seed: int = 0, batch: int = 8) -> TextUse:
+             seed: int = 0, batch: int = 8, frame_noise_share: float = 0.0) -> TextUse:
     """Measure ``TextUse`` of ``pipe`` (a ``TextToVideo``) on the clips of ``specs`` at flow
-    ``times``; the noise is drawn from ``seed``."""
+    ``times``; the noise is drawn from ``seed``, with the model's ``frame_noise_share``."""
     if not specs:
         raise CineforgeError("no prompts to measure; ask for at least one (-n 1)")
     captions = swapped_captions(specs)
@@ -71,7 +72,7 @@ def text_use(pipe, specs: Sequence[ClipSpec], times: Sequence[float] = TIMES, *,
                                                  specs[i : i + batch]]))
                     for i in range(0, len(specs), batch)])
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(times), *x0.shape), generator=g)
+    noise = frame_noise((len(times), *x0.shape), g, frame_noise_share)
     sums = {k: [0.0] * len(times) for k in captions}
     with pipe.placement.use(pipe.dit) as dit:
         device = next(dit.parameters()).device

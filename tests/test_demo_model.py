@@ -15,7 +15,8 @@ from safetensors import safe_open
 from cineforge.eval.shapes import analyze_clip
 from cineforge.io.video import read_video
 from cineforge.models.wan_dit import WanDiTConfig
-from cineforge.train.export import read_model_config, read_vae_config
+from cineforge.train.export import read_vae_config
+from cineforge.weights.files import read_model_config
 from cineforge.weights.loader import ASSETS
 from cineforge.weights.presets import get_preset
 

@@ -20,10 +20,11 @@ from cineforge.models.wan_vae import WanVAE, WanVAEConfig
 from cineforge.train.config import load_config
 from cineforge.train.data import shapes_world
 from cineforge.train.dit_task import VAL_TIMES
-from cineforge.train.export import load_vae, read_model_config, save_weights, write_model_config
+from cineforge.train.export import load_vae, save_weights
 from cineforge.train.loop import Trainer
 from cineforge.train.run import build_task, export_run, train
 from cineforge.train.vae_task import vae_config
+from cineforge.weights.files import read_model_config, write_model_config
 from cineforge.weights.loader import load_model
 from cineforge.weights.presets import get_preset
 

@@ -127,7 +127,7 @@ def test_cineforge_export_is_built_from_its_own_config(tmp_path):
     """A cineforge-layout folder with ``dit.json`` (what ``cineforge train`` exports) loads
     the model that config describes, here with ``abs_position``, under the preset it was
     trained for; without the JSON the preset's config is used, and refuses those weights."""
-    from cineforge.train.export import write_model_config
+    from cineforge.weights.files import write_model_config
     from cineforge.weights.loader import save_components
 
     _, vae = _reference_models()

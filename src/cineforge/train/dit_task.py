@@ -41,10 +41,11 @@ from cineforge.models.wan_dit import WAN_DIT_1_3B, WAN_DIT_14B, WAN_DIT_TINY, Wa
 from cineforge.sampling import frame_noise
 from cineforge.train.config import TrainConfig, build_model_config
 from cineforge.train.data import IndexStream, ShapeBuckets
-from cineforge.train.export import save_weights, write_model_config
+from cineforge.train.export import save_weights
 from cineforge.train.flow import caption_keep_mask, flow_pair, sample_times
 from cineforge.train.loop import StepLoss
 from cineforge.train.packing import TokenPacker
+from cineforge.weights.files import write_model_config
 
 DIT_CONFIGS = {"wan2.1-1.3b": WAN_DIT_1_3B, "wan2.1-14b": WAN_DIT_14B, "tiny": WAN_DIT_TINY}
 # Validation times: the mean over them is ``val_{kind}_loss``; ``val_{kind}_loss@t`` per time.

@@ -9,18 +9,16 @@ statistics) — what a preset for these weights needs. Each JSON names its confi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from cineforge.errors import CineforgeError
 from cineforge.models.causal3d import LatentVideoVAE
 from cineforge.models.compact_vae import CompactVAE, CompactVAEConfig
 from cineforge.models.wan_vae import WanVAE, WanVAEConfig
+from cineforge.weights.files import read_model_config
 
 # The video VAEs a run can train, by config type.
 VAE_CLASSES: dict[type, type[LatentVideoVAE]] = {WanVAEConfig: WanVAE, CompactVAEConfig: CompactVAE}
@@ -34,26 +32,6 @@ def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.float1
              for k, v in model.state_dict().items()}
     save_file(state, path)
     return path
-
-
-def write_model_config(config: Any, path: Path) -> Path:
-    values = {"type": type(config).__name__, **dataclasses.asdict(config)}
-    path.write_text(json.dumps(values, indent=1) + "\n")
-    return path
-
-
-def read_model_config(cls: type, path: Path) -> Any:
-    """A model config written by ``write_model_config`` (JSON lists become tuples)."""
-    if not path.is_file():
-        raise CineforgeError(f"{path} not found: export the run first (cineforge train export)")
-    values = json.loads(path.read_text())
-    kind = values.pop("type", cls.__name__)
-    if kind != cls.__name__:
-        raise CineforgeError(f"{path} holds a {kind}, not a {cls.__name__}")
-    try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    except (TypeError, ValueError) as exc:
-        raise CineforgeError(f"{path} is not a valid {cls.__name__}: {exc}") from None
 
 
 def read_vae_config(path: Path) -> WanVAEConfig | CompactVAEConfig:

@@ -41,8 +41,9 @@ from cineforge.models.compact_vae import COMPACT_VAE_TINY, CompactVAEConfig
 from cineforge.models.wan_vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAEConfig
 from cineforge.train.config import TrainConfig, build_model_config
 from cineforge.train.data import shapes_world
-from cineforge.train.export import VAE_CLASSES, save_weights, write_model_config
+from cineforge.train.export import VAE_CLASSES, save_weights
 from cineforge.train.loop import StepLoss
+from cineforge.weights.files import write_model_config
 
 VAE_CONFIGS = {"wan2.1": WAN_VAE_2_1, "tiny": WAN_VAE_TINY,
                "compact": CompactVAEConfig(), "compact-tiny": COMPACT_VAE_TINY}

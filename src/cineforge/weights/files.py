@@ -1,4 +1,5 @@
-"""Reading weight files: single or sharded safetensors, and torch ``.pth`` state dicts.
+"""Reading weight files: single or sharded safetensors, and torch ``.pth`` state dicts; the
+model-config JSON that cineforge exports carry beside their weights.
 
 Every missing file is reported with the path that was expected and, when known, where to
 download it from, so the fix is in the message.
@@ -6,9 +7,11 @@ download it from, so the fix is in the message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -73,3 +76,23 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     except (SafetensorError, OSError) as exc:
         raise CineforgeError(f"cannot read {path} ({exc}); download it again") from None
+
+
+def write_model_config(config: Any, path: Path) -> Path:
+    values = {"type": type(config).__name__, **dataclasses.asdict(config)}
+    path.write_text(json.dumps(values, indent=1) + "\n")
+    return path
+
+
+def read_model_config(cls: type, path: Path) -> Any:
+    """A model config written by ``write_model_config`` (JSON lists become tuples)."""
+    if not path.is_file():
+        raise CineforgeError(f"{path} not found: export the run first (cineforge train export)")
+    values = json.loads(path.read_text())
+    kind = values.pop("type", cls.__name__)
+    if kind != cls.__name__:
+        raise CineforgeError(f"{path} holds a {kind}, not a {cls.__name__}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except (TypeError, ValueError) as exc:
+        raise CineforgeError(f"{path} is not a valid {cls.__name__}: {exc}") from None

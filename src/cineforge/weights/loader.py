@@ -35,7 +35,7 @@ from cineforge.models.hunyuan_vae import HunyuanVAE, HunyuanVAEConfig
 from cineforge.models.kandinsky5_dit import Kandinsky5DiT, Kandinsky5DiTConfig
 from cineforge.models.wan_dit import WanDiT, WanDiTConfig
 from cineforge.models.wan_vae import WanVAE, WanVAEConfig
-from cineforge.weights.files import read_safetensors, read_torch
+from cineforge.weights.files import read_model_config, read_safetensors, read_torch
 from cineforge.weights.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS
 from cineforge.weights.hunyuan_vae_keys import HUNYUAN_VAE_FROM_DIFFUSERS
 from cineforge.weights.kandinsky5_keys import K5_DIT_FROM_DIFFUSERS, K5_DIT_FROM_OFFICIAL
@@ -180,8 +180,6 @@ def load_model(
     spec: WeightFile = getattr(FAMILIES[preset.family][layout], part)
     config = preset.dit if part == "dit" else preset.vae
     if layout == "cineforge" and (Path(folder) / f"{part}.json").is_file():
-        from cineforge.train.export import read_model_config
-
         config = read_model_config(type(config), Path(folder) / f"{part}.json")
     state = spec.keymap.convert(spec.read(Path(folder), preset))
     with torch.device("meta"):

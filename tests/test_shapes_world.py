@@ -14,6 +14,7 @@ from cineforge.data.shapes import (
     FILL,
     HELDOUT_COLOUR_SHAPE,
     HELDOUT_SHAPE_MOTION,
+    LAYOUTS,
     MOTIONS,
     SHAPES,
     TINY_SHAPES_WORLD,
@@ -158,12 +159,22 @@ def test_prompt_lists():
     assert {(s.main.colour, s.main.shape) for s in images} == HELDOUT_COLOUR_SHAPE
 
 
-def test_paths_stay_inside_and_move_visibly():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_paths_stay_inside_and_move_visibly(layout):
     rng = np.random.default_rng(2)
     for i in range(600):
         h, w = ((64, 64), (64, 96), (96, 64))[i % 3]
         combo = ("red", "square", MOTIONS[i % len(MOTIONS)])
-        spec = sample_spec(rng, height=h, width=w, combo=combo, n_objects=1 + (i % 4 == 0))
+        spec = sample_spec(rng, height=h, width=w, combo=combo, n_objects=1 + (i % 4 == 0),
+                           layout=layout)
+        if layout == "centred":  # the main path's midpoint (a bounce: its row) near the centre
+            xs, ys, _ = object_track(spec.main, spec.frames, w)
+            jitter = 0.08 * min(h, w) + 1e-9
+            assert abs((ys[0] + ys[-1]) / 2 - h / 2) <= jitter
+            if spec.main.motion != "bounce":
+                assert abs((xs[0] + xs[-1]) / 2 - w / 2) <= jitter
+            if spec.main.motion in ("left", "right", "up", "down"):
+                assert np.hypot(xs[-1] - xs[0], ys[-1] - ys[0]) >= 0.4 * min(h, w) - 1e-9
         for obj in spec.objects:
             xs, ys, sizes = object_track(obj, spec.frames, w)
             r = sizes / 2
@@ -223,6 +234,8 @@ def test_bad_configs_raise():
         ShapesWorldConfig(height=16)
     with pytest.raises(CineforgeError, match="image_fraction"):
         ShapesWorldConfig(image_fraction=1.5)
+    with pytest.raises(CineforgeError, match="layout 'middle'; use one of"):
+        ShapesWorldConfig(layout="middle")
     with pytest.raises(CineforgeError, match="still"):
         sample_spec(np.random.default_rng(0), frames=1, combo=("red", "circle", "left"))
     with pytest.raises(CineforgeError, match=">= 0"):

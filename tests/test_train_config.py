@@ -19,7 +19,7 @@ from cineforge.train.vae_task import vae_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny_vae", "tiny_dit", "demo_vae", "demo_dit"])
+@pytest.mark.parametrize("name", ["tiny_vae", "tiny_dit", "demo_vae", "demo_dit", "demo_dit_c"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.task == name.split("_")[1]
@@ -52,6 +52,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
         ("task=gan", "task must be one of ('vae', 'dit')"),
         ("steps", "is not of the form key=value"),
         ("data.frames=16", "data.frames must be 4k+1"),
+        ("data.layout=middle", "data.layout must be one of ('free', 'centred')"),
     ],
 )
 def test_config_errors_name_the_problem(override, message):

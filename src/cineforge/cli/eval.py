@@ -23,12 +23,13 @@ from cineforge.weights.loader import load_pipeline_components
 from cineforge.weights.presets import Preset, get_preset
 
 
-def prompt_specs(split: str, n: int, preset: Preset) -> list:
+def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> list:
     """``n`` single-object prompt specs of ``split``, cycling through seeds for more."""
     make = heldout_prompts if split == "held-out" else heldin_prompts
     specs, seed = [], 0
     while len(specs) < n:
-        kwargs = {"height": preset.height, "width": preset.width, "frames": preset.frames}
+        kwargs = {"height": preset.height, "width": preset.width, "frames": preset.frames,
+                  "layout": layout}
         specs += make(seed=seed, **kwargs)
         seed += 1
     return specs[:n]
@@ -80,8 +81,8 @@ def run_text_use(args: argparse.Namespace):
     preset = get_preset(args.preset)
     pipe = TextToVideo(load_pipeline_components(preset, args.weights))
     share = preset.sampler.frame_noise_share if args.frame_noise is None else args.frame_noise
-    return text_use(pipe, prompt_specs("held-in", args.n, preset), seed=args.seed,
-                    batch=args.batch, frame_noise_share=share)
+    specs = prompt_specs("held-in", args.n, preset, args.layout)
+    return text_use(pipe, specs, seed=args.seed, batch=args.batch, frame_noise_share=share)
 
 
 def print_text_use(result) -> None:

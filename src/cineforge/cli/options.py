@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from cineforge.data.shapes import LAYOUTS
 from cineforge.errors import CineforgeError
 
 DEFAULT_PRESET = "demo"
@@ -110,3 +111,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="clips generated at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")
+    p.add_argument("--layout", choices=LAYOUTS, default="centred",
+                   help="text-use: where the held-in clips put their main object; match the "
+                        "world the model trained on (the demo: centred)")

@@ -31,7 +31,8 @@ import numpy as np
 from cineforge.errors import CineforgeError
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "FILL", "HELDOUT_COLOUR_SHAPE", "HELDOUT_SHAPE_MOTION", "MOTIONS",
+    "BACKGROUNDS", "COLOURS", "FILL", "HELDOUT_COLOUR_SHAPE", "HELDOUT_SHAPE_MOTION", "LAYOUTS",
+    "MOTIONS",
     "SHAPES", "TINY_SHAPES_WORLD", "Background", "ClipSpec", "ObjectSpec", "ShapesWorld",
     "ShapesWorldConfig", "combinations", "heldin_prompts", "heldout_prompts", "is_heldout",
     "object_track", "parse_caption", "render", "sample_spec", "shape_coverage", "to_video_tensor",
@@ -56,6 +57,7 @@ HELDOUT_COLOUR_SHAPE = frozenset({("purple", "triangle"), ("orange", "circle"), 
 HELDOUT_SHAPE_MOTION = frozenset({
     ("circle", "bounce"), ("square", "grow"), ("triangle", "down_left"), ("diamond", "up"),
 })
+LAYOUTS = ("free", "centred")
 _SECONDARY_MOTIONS = (*DIRECTIONS, "bounce", "still")  # no size change: main stays bigger
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}  # area / size^2
 
@@ -113,6 +115,11 @@ def combinations(split: str, *, image: bool = False) -> list[tuple[str, str, str
     want = split == "heldout"
     triples = [(c, s, m) for c in COLOURS for s in SHAPES for m in motions]
     return [t for t in triples if is_heldout(*t) == want]
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise CineforgeError(f"unknown shapes-world layout {layout!r}; use one of {LAYOUTS}")
 
 
 def _check_split(split: str) -> None:
@@ -229,17 +236,36 @@ def _sample_background(rng: np.random.Generator, colours: list[str]) -> Backgrou
     return Background(name, *((a, b) if rng.random() < 0.5 else (b, a)), gradient=gradient)
 
 
-def _place(rng, motion, size_start, size_end, frames, height, width):
-    """Start centre and velocity so that the whole path stays inside the frame (1 px margin)."""
+def _place(rng, motion, size_start, size_end, frames, height, width, layout="free"):
+    """Start centre and velocity so that the whole path stays inside the frame (1 px margin).
+    'free': anywhere the path fits; 'centred': the path's midpoint within 8 % of the side from
+    the frame centre, straight paths 40-50 % of the side long (diagonals 30-40 % per axis)."""
     r = max(size_start, size_end) / 2 + 1
     steps = max(frames - 1, 1)
+    jitter = 0.08 * min(height, width)
     if motion == "bounce":  # one reflection, each leg 40-60 % of the travel
         span = width - 2 * r
         travel, first = rng.uniform(1.0, 1.3) * span, rng.uniform(0.4, 0.6)
         heading = 1 if rng.random() < 0.5 else -1
         x = width - r - first * travel if heading > 0 else r + first * travel
-        return x, rng.uniform(r, height - r), heading * travel / steps, 0.0
+        y = (height / 2 + rng.uniform(-jitter, jitter) if layout == "centred"
+             else rng.uniform(r, height - r))
+        return x, y, heading * travel / steps, 0.0
     ux, uy = DIRECTIONS.get(motion, (0, 0))
+    if layout == "centred":
+        if ux and uy:  # 45 degrees
+            dist_x = dist_y = rng.uniform(0.3, 0.4) * min(height, width)
+        else:
+            dist = rng.uniform(0.4, 0.5)
+            dist_x, dist_y = dist * width * abs(ux), dist * height * abs(uy)
+
+        def start(side: int, unit: int, dist: float) -> float:  # clamped so the path fits
+            mid = side / 2 + rng.uniform(-jitter, jitter)
+            return float(np.clip(mid - unit * dist / 2, r + dist * (unit < 0),
+                                 side - r - dist * (unit > 0)))
+
+        x, y = start(width, ux, dist_x), start(height, uy, dist_y)
+        return x, y, ux * dist_x / steps, uy * dist_y / steps
     if ux and uy:
         dist_x = dist_y = rng.uniform(0.3, 0.45) * min(height, width)
     else:
@@ -290,11 +316,15 @@ def _second_object(rng, main: ObjectSpec, frames: int, height: int, width: int) 
 def sample_spec(
     rng: np.random.Generator, *, height: int = 64, width: int = 64, frames: int = 17,
     n_objects: int = 1, split: str = "train", combo: tuple[str, str, str] | None = None,
+    layout: str = "free",
 ) -> ClipSpec:
     """Draw one clip. The main object's (colour, shape, motion) is uniform over the split's
     triples unless ``combo`` fixes it; a second object (smaller, other colour, translating or
-    still, never a held-out combination) is added when ``n_objects == 2``."""
+    still, never a held-out combination) is added when ``n_objects == 2``. ``layout`` places
+    the main object: 'free' (anywhere its path fits) or 'centred' (its path through the middle
+    of the frame, so the caption fixes most of the clip; the second object stays free)."""
     _check_split(split)
+    _check_layout(layout)
     if n_objects not in (1, 2):
         raise CineforgeError(f"n_objects must be 1 or 2, got {n_objects!r}")
     image, scale = frames == 1, min(height, width) / 64
@@ -306,7 +336,7 @@ def sample_spec(
         raise CineforgeError(f"an image (frames == 1) cannot show motion {motion!r}; use 'still'")
     low = 18.0 if n_objects == 2 else 12.0
     s0, s1 = _sizes(rng, motion, scale, low, 24.0)
-    x, y, vx, vy = _place(rng, motion, s0, s1, frames, height, width)
+    x, y, vx, vy = _place(rng, motion, s0, s1, frames, height, width, layout)
     word = ""
     if motion not in ("grow", "shrink") and rng.random() < 0.6:
         if n_objects == 2 or s0 >= 20 * scale:
@@ -449,6 +479,7 @@ class ShapesWorldConfig:
     image_fraction: float = 0.2  # share of items that are single images (frames == 1)
     two_object_fraction: float = 0.25
     split: str = "train"
+    layout: str = "free"  # main object placement, see ``sample_spec``
     seed: int = 0
     length: int = 100_000  # what len() reports; any index >= 0 is valid
 
@@ -463,6 +494,7 @@ class ShapesWorldConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CineforgeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         _check_split(self.split)
+        _check_layout(self.layout)
         if self.seed < 0 or self.length < 1:
             raise CineforgeError("seed must be >= 0 and length >= 1")
 
@@ -490,7 +522,7 @@ class ShapesWorld:
         frames = 1 if rng.random() < c.image_fraction else c.frames
         n_objects = 2 if rng.random() < c.two_object_fraction else 1
         return sample_spec(rng, height=c.height, width=c.width, frames=frames,
-                           n_objects=n_objects, split=c.split)
+                           n_objects=n_objects, split=c.split, layout=c.layout)
 
     def __getitem__(self, index: int) -> dict:
         spec = self.spec(index)
@@ -507,19 +539,21 @@ class ShapesWorld:
             index += 1
 
 
-def _prompt_specs(triples, height, width, frames, seed) -> list[ClipSpec]:
+def _prompt_specs(triples, height, width, frames, seed, layout) -> list[ClipSpec]:
     rng = np.random.default_rng(seed)
-    return [sample_spec(rng, height=height, width=width, frames=frames, combo=t) for t in triples]
+    return [sample_spec(rng, height=height, width=width, frames=frames, combo=t, layout=layout)
+            for t in triples]
 
 
-def heldout_prompts(*, height=64, width=64, frames=17, seed=0) -> list[ClipSpec]:
+def heldout_prompts(*, height=64, width=64, frames=17, seed=0, layout="free") -> list[ClipSpec]:
     """One single-object clip per held-out (colour, shape, motion) triple, fixed by ``seed``:
     each has ``.caption`` and the ground truth ``.main`` (render it for a reference clip)."""
-    return _prompt_specs(combinations("heldout", image=frames == 1), height, width, frames, seed)
+    return _prompt_specs(combinations("heldout", image=frames == 1), height, width, frames, seed,
+                         layout)
 
 
 def heldin_prompts(
-    n: int | None = None, *, height=64, width=64, frames=17, seed=0
+    n: int | None = None, *, height=64, width=64, frames=17, seed=0, layout="free"
 ) -> list[ClipSpec]:
     """``n`` (default: as many as ``heldout_prompts``) single-object clips of distinct training
     triples, drawn by ``seed``."""
@@ -529,4 +563,4 @@ def heldin_prompts(
     if not 0 < n <= len(triples):
         raise CineforgeError(f"n must be in 1..{len(triples)}, got {n}")
     pick = np.random.default_rng([seed, 1]).choice(len(triples), n, replace=False)
-    return _prompt_specs([triples[i] for i in sorted(pick)], height, width, frames, seed)
+    return _prompt_specs([triples[i] for i in sorted(pick)], height, width, frames, seed, layout)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cineforge.data.shapes import LAYOUTS
 from cineforge.errors import CineforgeError
 
 TASKS = ("vae", "dit")
@@ -50,6 +51,7 @@ class DataConfig:
     frames: int = 17
     image_fraction: float = 0.2  # share of image items in the DiT latent cache
     two_object_fraction: float = 0.25
+    layout: str = "free"  # main object placement: "free" or "centred" (data.shapes.sample_spec)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +63,8 @@ class DataConfig:
         _require(0.0 <= self.image_fraction <= 1.0, "data.image_fraction must be in [0, 1]")
         _require(0.0 <= self.two_object_fraction <= 1.0,
                  "data.two_object_fraction must be in [0, 1]")
+        _require(self.layout in LAYOUTS, f"data.layout must be one of {LAYOUTS}, got "
+                 f"{self.layout!r}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def shapes_world(data: DataConfig, role: str, image_fraction: float | None = Non
     fraction = data.image_fraction if image_fraction is None else image_fraction
     return ShapesWorld(ShapesWorldConfig(
         height=data.height, width=data.width, frames=data.frames, image_fraction=fraction,
-        two_object_fraction=data.two_object_fraction,
+        two_object_fraction=data.two_object_fraction, layout=data.layout,
         seed=data.seed * len(ROLES) + ROLES.index(role),
     ))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from cineforge.cli.main import main
 from cineforge.data.latents import LatentCache, build_latent_cache
@@ -188,7 +188,7 @@ def test_init_starts_a_fresh_run_from_weights(tmp_path, vae_dir, cache_dir):
 
 def test_init_fresh_adds_new_modules_to_trained_weights(tmp_path, vae_dir, cache_dir):
     """A model that gained a module (``abs_position``) starts from weights without it only
-    when ``init_fresh`` names the module; the new module keeps its (zero) initialisation and
+    when ``init_fresh`` names the module; the new module keeps its fresh initialisation and
     every other weight is loaded."""
     first = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir))
     ckpt = tmp_path / "a" / "checkpoints" / "step-00000004.pt"
@@ -199,11 +199,16 @@ def test_init_fresh_adds_new_modules_to_trained_weights(tmp_path, vae_dir, cache
     config = dit_run_config(tmp_path / "c", vae_dir, cache_dir, f"init={ckpt}", *grown,
                             "init_fresh=[pos_embedding]")
     trainer = Trainer(config, build_task(config), tmp_path / "c")
+    fresh = trainer.model.pos_embedding.weight.clone()
     trainer.initialise(ckpt)
     own = trainer.model.state_dict()
-    assert own["pos_embedding.weight"].abs().max() == 0
+    assert torch.equal(own["pos_embedding.weight"], fresh) and fresh.abs().max() > 0
     for name, x in first.ema.model.state_dict().items():
         assert torch.equal(own[name], x), name
+    trained = tmp_path / "grown.safetensors"  # init weights that hold the module: re-initialised
+    save_file({**own, "pos_embedding.weight": torch.ones_like(fresh)}, trained)
+    trainer.initialise(trained)
+    assert torch.equal(trainer.model.pos_embedding.weight, fresh)
 
 
 def test_packed_and_padded_losses_agree(tmp_path, vae_dir, cache_dir):

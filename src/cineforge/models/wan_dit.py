@@ -76,8 +76,11 @@ class WanDiTConfig:
     attention: str = "sdpa"
     # cineforge extension, off in every Wan release: add a learned function of each token's
     # absolute (frame, row, column) index to the patch tokens (``abs_position_features``
-    # through the zero-initialised Linear ``pos_embedding``). RoPE only gives relative
-    # positions; a small model needs the absolute frame to lay out motion from pure noise.
+    # through the Linear ``pos_embedding``). RoPE only gives relative positions; a small model
+    # needs the absolute frame to lay out motion from pure noise. The Linear starts random
+    # (Xavier, gain 0.5: about 0.3 per channel against ~0.7 for noise tokens); zero-initialised
+    # it grew only to 0.03 per channel in 1000 steps and motion stayed unused
+    # (docs/demo-training.md).
     abs_position: bool = False
 
     def __post_init__(self) -> None:
@@ -399,8 +402,8 @@ class WanDiT(nn.Module):
         for table in [b.modulation for b in self.blocks] + [self.head.modulation]:
             nn.init.normal_(table, std=self.config.dim**-0.5, generator=generator)
         nn.init.zeros_(self.head.head.weight)
-        if self.config.abs_position:  # starts as a no-op, so it can be added to trained weights
-            nn.init.zeros_(self.pos_embedding.weight)
+        if self.config.abs_position:  # present from the first step (see ``abs_position``)
+            nn.init.xavier_uniform_(self.pos_embedding.weight, gain=0.5, generator=generator)
         return self
 
 

@@ -196,7 +196,7 @@ class TrainConfig:
     steps: int = 1000
     out: str = "runs/train"
     init: str = ""  # a fresh run starts from these weights: a checkpoint (its EMA) or .safetensors
-    init_fresh: tuple[str, ...] = ()  # modules new to the model (e.g. pos_embedding): not in init
+    init_fresh: tuple[str, ...] = ()  # modules initialised afresh, not from init (new ones)
     checkpoint_every: int = 500
     keep_last: int = 3
     validate_every: int = 250  # 0: only at the end

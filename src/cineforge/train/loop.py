@@ -158,8 +158,8 @@ class Trainer:
         """Start from the weights in ``path`` (a training checkpoint: its EMA weights; or a
         ``.safetensors`` state dict such as an exported ``dit.safetensors``); the optimiser,
         schedule, EMA warm-up and data stream start afresh. Keys and shapes must match, except
-        that modules named in ``config.init_fresh`` (added to the model since) keep their
-        fresh initialisation."""
+        that modules named in ``config.init_fresh`` (added to the model since, or to be
+        re-initialised) keep their fresh initialisation, whether ``path`` holds them or not."""
         path = Path(path)
         if path.suffix == ".safetensors":
             if not path.is_file():
@@ -176,7 +176,8 @@ class Trainer:
         fresh = self.config.init_fresh
         check_state_dict(self.model, weights, what=f"init weights {path}", may_miss=fresh)
         own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
-        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()},
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()
+                                    if not any(k.startswith(p + ".") for p in fresh)},
                                    strict=not fresh)
         self.ema = EMA(self.model, self.config.optim.ema_decay)
 

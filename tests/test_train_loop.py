@@ -351,6 +351,10 @@ def test_dit_run_exports_fp16_weights_the_loader_accepts(tmp_path, vae_dir, cach
     again = export_run(tmp_path / "run", tmp_path / "again")
     for name in ("dit.safetensors", "vae.safetensors", "dit.json"):
         assert (again / name).read_bytes() == (folder / name).read_bytes()
+    raw = load_file(export_run(tmp_path / "run", tmp_path / "raw", raw=True) / "dit.safetensors")
+    trained = run_until(config).model.state_dict()
+    assert all(torch.equal(raw[k].float(), v.half().float()) for k, v in trained.items())
+    assert any(not torch.equal(raw[k], v) for k, v in load_file(folder / "dit.safetensors").items())
 
 
 def test_vae_export_measures_latent_statistics(tmp_path):

@@ -51,6 +51,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folder (holds config.yaml)")
     export.add_argument("--out", help="output folder (default: RUN/export)")
     export.add_argument("--checkpoint", help="checkpoint file (default: the newest)")
+    export.add_argument("--raw", action="store_true",
+                        help="the optimised weights instead of their EMA (e.g. to start a stage)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -58,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cineforge.train.config import TrainConfig, from_tree, read_tree
 
     if args.train_command == "export":
-        print(run.export_run(args.run_dir, args.out, args.checkpoint))
+        print(run.export_run(args.run_dir, args.out, args.checkpoint, raw=args.raw))
         return 0
     task = "dit" if args.train_command == "cache" else args.train_command
     tree = read_tree(args.config, args.set)

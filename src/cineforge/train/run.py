@@ -126,9 +126,10 @@ def _vae_folder(config: TrainConfig) -> Path:
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None,
-               checkpoint: str | Path | None = None) -> Path:
-    """Write the EMA weights of ``checkpoint`` (default: the run's newest) as fp16 safetensors
-    in cineforge layout into ``out`` (default: ``run_dir/export``)."""
+               checkpoint: str | Path | None = None, *, raw: bool = False) -> Path:
+    """Write the EMA weights (``raw``: the optimised weights themselves) of ``checkpoint``
+    (default: the run's newest) as fp16 safetensors in cineforge layout into ``out`` (default:
+    ``run_dir/export``)."""
     from cineforge.weights.keymap import load_strict
 
     run_dir = Path(run_dir)
@@ -136,7 +137,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise CineforgeError(f"{run_dir} has no checkpoints to export; train it first")
-    state = load_checkpoint(path)["ema"]["model"]
+    state = load_checkpoint(path)
+    state, which = (state["model"], "raw") if raw else (state["ema"]["model"], "EMA")
     folder = Path(out) if out else run_dir / "export"
     folder.mkdir(parents=True, exist_ok=True)
     if config.task == "vae":
@@ -145,7 +147,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
         model_config = vae_config(config.model.name, config.model.overrides)
         with torch.device("meta"):
             model = VAE_CLASSES[type(model_config)](model_config)
-        load_strict(model, state, dtype=torch.float32, what=f"EMA weights in {path}")
+        load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")
         export_vae(model.eval(), config, folder)
     else:
         from cineforge.models.wan_dit import WanDiT
@@ -153,6 +155,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
 
         with torch.device("meta"):
             model = WanDiT(dit_config(config.model.name, config.model.overrides))
-        load_strict(model, state, dtype=torch.float32, what=f"EMA weights in {path}")
+        load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")
         export_dit(model.eval(), _vae_folder(config), folder)
     return folder

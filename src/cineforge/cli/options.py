@@ -111,6 +111,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="clips generated at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")
-    p.add_argument("--layout", choices=LAYOUTS, default="centred",
+    p.add_argument("--layout", choices=LAYOUTS, default="free",
                    help="text-use: where the held-in clips put their main object; match the "
-                        "world the model trained on (the demo: centred)")
+                        "world the model trained on (the shipped demo: free)")

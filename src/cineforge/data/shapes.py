@@ -32,8 +32,7 @@ from cineforge.errors import CineforgeError
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "FILL", "HELDOUT_COLOUR_SHAPE", "HELDOUT_SHAPE_MOTION", "LAYOUTS",
-    "MOTIONS",
-    "SHAPES", "TINY_SHAPES_WORLD", "Background", "ClipSpec", "ObjectSpec", "ShapesWorld",
+    "MOTIONS", "SHAPES", "TINY_SHAPES_WORLD", "Background", "ClipSpec", "ObjectSpec", "ShapesWorld",
     "ShapesWorldConfig", "combinations", "heldin_prompts", "heldout_prompts", "is_heldout",
     "object_track", "parse_caption", "render", "sample_spec", "shape_coverage", "to_video_tensor",
 ]
@@ -259,10 +258,10 @@ def _place(rng, motion, size_start, size_end, frames, height, width, layout="fre
             dist = rng.uniform(0.4, 0.5)
             dist_x, dist_y = dist * width * abs(ux), dist * height * abs(uy)
 
-        def start(side: int, unit: int, dist: float) -> float:  # clamped so the path fits
+        def start(side: int, unit: int, length: float) -> float:  # clamped so the path fits
             mid = side / 2 + rng.uniform(-jitter, jitter)
-            return float(np.clip(mid - unit * dist / 2, r + dist * (unit < 0),
-                                 side - r - dist * (unit > 0)))
+            return float(np.clip(mid - unit * length / 2, r + length * (unit < 0),
+                                 side - r - length * (unit > 0)))
 
         x, y = start(width, ux, dist_x), start(height, uy, dist_y)
         return x, y, ux * dist_x / steps, uy * dist_y / steps

@@ -35,10 +35,11 @@ def _gen(seed: int) -> torch.Generator:
 
 
 @functools.cache
-def _model(abs_position: bool = False) -> WanDiT:
+def _model(abs_position: bool = False, table: tuple[int, ...] = ()) -> WanDiT:
     """WAN_DIT_TINY with the release's init, then every parameter perturbed (so the zero
     output layer and unit norms do not hide a mistake)."""
-    config = dataclasses.replace(WAN_DIT_TINY, abs_position=abs_position)
+    config = dataclasses.replace(WAN_DIT_TINY, abs_position=abs_position,
+                                 abs_position_table=table)
     model = WanDiT(config).init_weights(_gen(0))
     g = _gen(1)
     with torch.no_grad():
@@ -61,10 +62,11 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("abs_position", [False, True], ids=["rope", "rope+abs_position"])
+@pytest.mark.parametrize(("abs_position", "table"), [(False, ()), (True, ()), (False, (5, 4, 6))],
+                         ids=["rope", "rope+abs_position", "rope+position_table"])
 @pytest.mark.parametrize("pad", [True, False], ids=["padded_text", "trimmed_text"])
-def test_forward_packed_equals_forward_per_item(pad, abs_position):
-    model = _model(abs_position)
+def test_forward_packed_equals_forward_per_item(pad, abs_position, table):
+    model = _model(abs_position, table)
     latents, t, contexts = _inputs(pad)
     with torch.no_grad():
         packed = model.forward_packed(latents, t, contexts)

@@ -255,6 +255,33 @@ def test_abs_position_is_an_added_term_that_marks_each_axis():
         assert torch.equal(feats[1, 2, 3][axis], feats[alone][axis])
 
 
+def test_position_table_gives_each_token_its_own_vector():
+    """``abs_position_table``: token (f, y, x) of any grid that fits gets table[f, y, x] added
+    to its patch embedding; a larger grid is refused with the table's size in the message."""
+    config = dataclasses.replace(WAN_DIT_TINY, abs_position_table=(3, 4, 6))
+    model = WanDiT(config).init_weights(_gen(7))
+    table = model.pos_table.detach()
+    assert 0.2 < table.std() < 0.4
+    term = model._abs_position([(3, 4, 6), (1, 2, 3)], torch.device("cpu"))[0]
+    torch.testing.assert_close(term[:72], table.reshape(72, -1), rtol=0, atol=0)
+    torch.testing.assert_close(term[72:], table[0, :2, :3].reshape(6, -1), rtol=0, atol=0)
+    plain = WanDiT(WAN_DIT_TINY)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "pos_table"})
+    for m in (model, plain):
+        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(8))
+    g = _gen(9)
+    x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
+    with torch.no_grad():
+        assert (model(x, 0.6, context) - plain(x, 0.6, context)).abs().max() > 1e-2
+        nn.init.zeros_(model.pos_table)
+        assert torch.equal(model(x, 0.6, context), plain(x, 0.6, context))
+        with pytest.raises(CineforgeError, match=r"larger than this model's position table "
+                                                 r"\(3, 4, 6\)"):
+            model(torch.randn(1, 16, 4, 8, 12), 0.6, context[:1])
+    with pytest.raises(ValueError, match="abs_position_table"):
+        dataclasses.replace(WAN_DIT_TINY, abs_position_table=(3, 4))
+
+
 def test_bad_inputs_and_configs_raise():
     model = WanDiT(WAN_DIT_TINY)
     t, context = torch.tensor([0.5]), torch.randn(1, 4, 32)

@@ -44,7 +44,7 @@ from cineforge.train.optim import (
     grad_norm_,
     weight_norm,
 )
-from cineforge.weights.keymap import check_state_dict
+from cineforge.weights.keymap import check_state_dict, in_modules
 
 
 @dataclass
@@ -177,8 +177,7 @@ class Trainer:
         check_state_dict(self.model, weights, what=f"init weights {path}", may_miss=fresh)
         own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
         self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()
-                                    if not any(k == p or k.startswith(p + ".") for p in fresh)},
-                                   strict=not fresh)
+                                    if not in_modules(k, fresh)}, strict=not fresh)
         self.ema = EMA(self.model, self.config.optim.ema_decay)
 
     def save(self) -> Path:

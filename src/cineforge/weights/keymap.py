@@ -68,6 +68,11 @@ class KeyMap:
         return out
 
 
+def in_modules(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether state-dict ``key`` belongs to one of the modules (or parameters) ``prefixes``."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def check_state_dict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "weights",
     may_miss: Sequence[str] = (),
@@ -75,8 +80,7 @@ def check_state_dict(
     """Raise a CineforgeError naming missing/unexpected keys and shape mismatches; keys under
     the module prefixes ``may_miss`` (e.g. ``"pos_embedding"``) may be missing."""
     expected = model.state_dict()
-    missing = sorted(k for k in set(expected) - set(state_dict)
-                     if not any(k == p or k.startswith(p + ".") for p in may_miss))
+    missing = sorted(k for k in set(expected) - set(state_dict) if not in_modules(k, may_miss))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"

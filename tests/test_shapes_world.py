@@ -236,7 +236,28 @@ def test_bad_configs_raise():
         ShapesWorldConfig(image_fraction=1.5)
     with pytest.raises(CineforgeError, match="layout 'middle'; use one of"):
         ShapesWorldConfig(layout="middle")
+    with pytest.raises(CineforgeError, match="backgrounds must name some of"):
+        ShapesWorldConfig(backgrounds=("grey",))
+    with pytest.raises(CineforgeError, match="backgrounds must name some of"):
+        ShapesWorldConfig(backgrounds=())
     with pytest.raises(CineforgeError, match="still"):
         sample_spec(np.random.default_rng(0), frames=1, combo=("red", "circle", "left"))
     with pytest.raises(CineforgeError, match=">= 0"):
         ShapesWorld().spec(-1)
+
+
+def test_background_subset_limits_backgrounds_and_leaves_the_rest_alone():
+    """``backgrounds`` (a curriculum knob) draws only the named backgrounds; listing all of
+    them gives the default world item for item."""
+    base = ShapesWorldConfig(layout="centred", length=60)
+    everything = dataclasses.replace(base, backgrounds=tuple(BACKGROUNDS))
+    grey = dataclasses.replace(base, backgrounds=("gray", "beige"))
+    specs = [ShapesWorld(c).spec(i) for c in (base, everything, grey) for i in range(60)]
+    assert specs[:60] == specs[60:120]
+    limited = specs[120:]
+    assert {s.background.name for s in limited} == {"gray", "beige"}
+    assert {s.background.gradient for s in limited} == {"none", "vertical", "horizontal"}
+    assert {s.main.motion for s in limited} >= {"left", "right", "up", "down", "still"}
+    for spec in limited:
+        assert parse_caption(spec.caption)["colour"] == spec.main.colour
+        assert spec.background.name in spec.caption

@@ -116,6 +116,15 @@ def combinations(split: str, *, image: bool = False) -> list[tuple[str, str, str
     return [t for t in triples if is_heldout(*t) == want]
 
 
+def _check_backgrounds(backgrounds: tuple[str, ...] | None) -> None:
+    if backgrounds is None:
+        return
+    unknown = [b for b in backgrounds if b not in BACKGROUNDS]
+    if unknown or not backgrounds:
+        raise CineforgeError(f"backgrounds must name some of {tuple(BACKGROUNDS)}, got "
+                             f"{tuple(backgrounds)}; leave it unset for all")
+
+
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise CineforgeError(f"unknown shapes-world layout {layout!r}; use one of {LAYOUTS}")
@@ -225,8 +234,12 @@ def _contrasts(colour: str, bg_name: str, min_distance: float = 90.0) -> bool:
     return min(_rgb_distance(rgb, base), _rgb_distance(rgb, _gradient_end(base))) >= min_distance
 
 
-def _sample_background(rng: np.random.Generator, colours: list[str]) -> Background:
-    names = [n for n in BACKGROUNDS if all(_contrasts(c, n) for c in colours)]
+def _sample_background(rng: np.random.Generator, colours: list[str],
+                       allowed: tuple[str, ...] | None = None) -> Background:
+    names = [n for n in (allowed or BACKGROUNDS) if all(_contrasts(c, n) for c in colours)]
+    if not names:
+        raise CineforgeError(f"no allowed background contrasts with {colours}; allow more "
+                             f"backgrounds (of {tuple(BACKGROUNDS)})")
     name = names[rng.integers(len(names))]
     gradient = ("none", "vertical", "horizontal")[rng.choice(3, p=(0.5, 0.25, 0.25))]
     a, b = BACKGROUNDS[name], _gradient_end(BACKGROUNDS[name])
@@ -315,15 +328,17 @@ def _second_object(rng, main: ObjectSpec, frames: int, height: int, width: int) 
 def sample_spec(
     rng: np.random.Generator, *, height: int = 64, width: int = 64, frames: int = 17,
     n_objects: int = 1, split: str = "train", combo: tuple[str, str, str] | None = None,
-    layout: str = "free",
+    layout: str = "free", backgrounds: tuple[str, ...] | None = None,
 ) -> ClipSpec:
     """Draw one clip. The main object's (colour, shape, motion) is uniform over the split's
     triples unless ``combo`` fixes it; a second object (smaller, other colour, translating or
     still, never a held-out combination) is added when ``n_objects == 2``. ``layout`` places
     the main object: 'free' (anywhere its path fits) or 'centred' (its path through the middle
-    of the frame, so the caption fixes most of the clip; the second object stays free)."""
+    of the frame, so the caption fixes most of the clip; the second object stays free).
+    ``backgrounds`` limits the background colours to those names (default: all)."""
     _check_split(split)
     _check_layout(layout)
+    _check_backgrounds(backgrounds)
     if n_objects not in (1, 2):
         raise CineforgeError(f"n_objects must be 1 or 2, got {n_objects!r}")
     image, scale = frames == 1, min(height, width) / 64
@@ -345,7 +360,7 @@ def sample_spec(
     objects = [ObjectSpec(shape, colour, COLOURS[colour], motion, x, y, s0, s1, vx, vy, word)]
     if n_objects == 2:
         objects.append(_second_object(rng, objects[0], frames, height, width))
-    background = _sample_background(rng, [o.colour for o in objects])
+    background = _sample_background(rng, [o.colour for o in objects], backgrounds)
     caption = _caption(rng, objects, background, image)
     return ClipSpec(height, width, frames, tuple(objects), background, caption)
 
@@ -479,6 +494,7 @@ class ShapesWorldConfig:
     two_object_fraction: float = 0.25
     split: str = "train"
     layout: str = "free"  # main object placement, see ``sample_spec``
+    backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
     seed: int = 0
     length: int = 100_000  # what len() reports; any index >= 0 is valid
 
@@ -494,6 +510,7 @@ class ShapesWorldConfig:
                 raise CineforgeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         _check_split(self.split)
         _check_layout(self.layout)
+        _check_backgrounds(self.backgrounds)
         if self.seed < 0 or self.length < 1:
             raise CineforgeError("seed must be >= 0 and length >= 1")
 
@@ -521,7 +538,8 @@ class ShapesWorld:
         frames = 1 if rng.random() < c.image_fraction else c.frames
         n_objects = 2 if rng.random() < c.two_object_fraction else 1
         return sample_spec(rng, height=c.height, width=c.width, frames=frames,
-                           n_objects=n_objects, split=c.split, layout=c.layout)
+                           n_objects=n_objects, split=c.split, layout=c.layout,
+                           backgrounds=c.backgrounds)
 
     def __getitem__(self, index: int) -> dict:
         spec = self.spec(index)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cineforge.data.shapes import LAYOUTS
+from cineforge.data.shapes import BACKGROUNDS, LAYOUTS
 from cineforge.errors import CineforgeError
 
 TASKS = ("vae", "dit")
@@ -52,6 +52,7 @@ class DataConfig:
     image_fraction: float = 0.2  # share of image items in the DiT latent cache
     two_object_fraction: float = 0.25
     layout: str = "free"  # main object placement: "free" or "centred" (data.shapes.sample_spec)
+    backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +66,9 @@ class DataConfig:
                  "data.two_object_fraction must be in [0, 1]")
         _require(self.layout in LAYOUTS, f"data.layout must be one of {LAYOUTS}, got "
                  f"{self.layout!r}")
+        _require(self.backgrounds is None or (len(self.backgrounds) > 0 and set(
+            self.backgrounds) <= set(BACKGROUNDS)), f"data.backgrounds must name some of "
+            f"{tuple(BACKGROUNDS)}, got {self.backgrounds}; leave it out for all")
 
 
 @dataclass(frozen=True)

@@ -240,24 +240,29 @@ def test_bad_configs_raise():
         ShapesWorldConfig(backgrounds=("grey",))
     with pytest.raises(CineforgeError, match="backgrounds must name some of"):
         ShapesWorldConfig(backgrounds=())
+    with pytest.raises(CineforgeError, match="motions must name some of"):
+        ShapesWorldConfig(motions=("sideways",))
     with pytest.raises(CineforgeError, match="still"):
         sample_spec(np.random.default_rng(0), frames=1, combo=("red", "circle", "left"))
     with pytest.raises(CineforgeError, match=">= 0"):
         ShapesWorld().spec(-1)
 
 
-def test_background_subset_limits_backgrounds_and_leaves_the_rest_alone():
-    """``backgrounds`` (a curriculum knob) draws only the named backgrounds; listing all of
-    them gives the default world item for item."""
-    base = ShapesWorldConfig(layout="centred", length=60)
-    everything = dataclasses.replace(base, backgrounds=tuple(BACKGROUNDS))
-    grey = dataclasses.replace(base, backgrounds=("gray", "beige"))
-    specs = [ShapesWorld(c).spec(i) for c in (base, everything, grey) for i in range(60)]
-    assert specs[:60] == specs[60:120]
-    limited = specs[120:]
+def test_curriculum_subsets_limit_the_world_and_leave_the_rest_alone():
+    """``backgrounds`` and ``motions`` (curriculum knobs) draw only the named values; listing
+    all of them gives the default world item for item; images stay still."""
+    base = ShapesWorldConfig(layout="centred", length=80)
+    everything = dataclasses.replace(base, backgrounds=tuple(BACKGROUNDS), motions=MOTIONS)
+    limited = dataclasses.replace(base, backgrounds=("gray", "beige"), motions=("left", "up"))
+    specs = [ShapesWorld(c).spec(i) for c in (base, everything, limited) for i in range(80)]
+    assert specs[:80] == specs[80:160]
+    limited = specs[160:]
     assert {s.background.name for s in limited} == {"gray", "beige"}
     assert {s.background.gradient for s in limited} == {"none", "vertical", "horizontal"}
-    assert {s.main.motion for s in limited} >= {"left", "right", "up", "down", "still"}
+    assert {s.main.motion for s in limited if s.frames > 1} == {"left", "up"}
+    assert {s.main.motion for s in limited if s.frames == 1} == {"still"}
     for spec in limited:
-        assert parse_caption(spec.caption)["colour"] == spec.main.colour
+        assert parse_caption(spec.caption) == {"colour": spec.main.colour,
+                                               "shape": spec.main.shape,
+                                               "motion": spec.main.motion}
         assert spec.background.name in spec.caption

@@ -54,6 +54,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
         ("data.frames=16", "data.frames must be 4k+1"),
         ("data.layout=middle", "data.layout must be one of ('free', 'centred')"),
         ("data.backgrounds=[grey]", "data.backgrounds must name some of"),
+        ("data.motions=[sideways]", "data.motions must name some of"),
     ],
 )
 def test_config_errors_name_the_problem(override, message):

@@ -116,13 +116,10 @@ def combinations(split: str, *, image: bool = False) -> list[tuple[str, str, str
     return [t for t in triples if is_heldout(*t) == want]
 
 
-def _check_backgrounds(backgrounds: tuple[str, ...] | None) -> None:
-    if backgrounds is None:
-        return
-    unknown = [b for b in backgrounds if b not in BACKGROUNDS]
-    if unknown or not backgrounds:
-        raise CineforgeError(f"backgrounds must name some of {tuple(BACKGROUNDS)}, got "
-                             f"{tuple(backgrounds)}; leave it unset for all")
+def _check_subset(what: str, chosen: tuple[str, ...] | None, universe) -> None:
+    if chosen is not None and (not chosen or any(c not in universe for c in chosen)):
+        raise CineforgeError(f"{what} must name some of {tuple(universe)}, got "
+                             f"{tuple(chosen)}; leave it unset for all")
 
 
 def _check_layout(layout: str) -> None:
@@ -329,21 +326,26 @@ def sample_spec(
     rng: np.random.Generator, *, height: int = 64, width: int = 64, frames: int = 17,
     n_objects: int = 1, split: str = "train", combo: tuple[str, str, str] | None = None,
     layout: str = "free", backgrounds: tuple[str, ...] | None = None,
+    motions: tuple[str, ...] | None = None,
 ) -> ClipSpec:
     """Draw one clip. The main object's (colour, shape, motion) is uniform over the split's
     triples unless ``combo`` fixes it; a second object (smaller, other colour, translating or
     still, never a held-out combination) is added when ``n_objects == 2``. ``layout`` places
     the main object: 'free' (anywhere its path fits) or 'centred' (its path through the middle
     of the frame, so the caption fixes most of the clip; the second object stays free).
-    ``backgrounds`` limits the background colours to those names (default: all)."""
+    ``backgrounds`` limits the background colours to those names, ``motions`` a clip's main
+    object to those motions (default: all; images stay still): curriculum knobs."""
     _check_split(split)
     _check_layout(layout)
-    _check_backgrounds(backgrounds)
+    _check_subset("backgrounds", backgrounds, BACKGROUNDS)
+    _check_subset("motions", motions, MOTIONS)
     if n_objects not in (1, 2):
         raise CineforgeError(f"n_objects must be 1 or 2, got {n_objects!r}")
     image, scale = frames == 1, min(height, width) / 64
     if combo is None:
         triples = combinations(split, image=image)
+        if motions is not None and not image:
+            triples = [t for t in triples if t[2] in motions]
         combo = triples[rng.integers(len(triples))]
     colour, shape, motion = combo
     if image and motion != "still":
@@ -495,6 +497,7 @@ class ShapesWorldConfig:
     split: str = "train"
     layout: str = "free"  # main object placement, see ``sample_spec``
     backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
+    motions: tuple[str, ...] | None = None  # main-object motions of clips (None: all)
     seed: int = 0
     length: int = 100_000  # what len() reports; any index >= 0 is valid
 
@@ -510,7 +513,8 @@ class ShapesWorldConfig:
                 raise CineforgeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         _check_split(self.split)
         _check_layout(self.layout)
-        _check_backgrounds(self.backgrounds)
+        _check_subset("backgrounds", self.backgrounds, BACKGROUNDS)
+        _check_subset("motions", self.motions, MOTIONS)
         if self.seed < 0 or self.length < 1:
             raise CineforgeError("seed must be >= 0 and length >= 1")
 
@@ -539,7 +543,7 @@ class ShapesWorld:
         n_objects = 2 if rng.random() < c.two_object_fraction else 1
         return sample_spec(rng, height=c.height, width=c.width, frames=frames,
                            n_objects=n_objects, split=c.split, layout=c.layout,
-                           backgrounds=c.backgrounds)
+                           backgrounds=c.backgrounds, motions=c.motions)
 
     def __getitem__(self, index: int) -> dict:
         spec = self.spec(index)

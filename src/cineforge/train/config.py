@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cineforge.data.shapes import BACKGROUNDS, LAYOUTS
+from cineforge.data.shapes import BACKGROUNDS, LAYOUTS, MOTIONS
 from cineforge.errors import CineforgeError
 
 TASKS = ("vae", "dit")
@@ -53,6 +53,7 @@ class DataConfig:
     two_object_fraction: float = 0.25
     layout: str = "free"  # main object placement: "free" or "centred" (data.shapes.sample_spec)
     backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
+    motions: tuple[str, ...] | None = None  # main-object motions of clips (None: all)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,9 +67,11 @@ class DataConfig:
                  "data.two_object_fraction must be in [0, 1]")
         _require(self.layout in LAYOUTS, f"data.layout must be one of {LAYOUTS}, got "
                  f"{self.layout!r}")
-        _require(self.backgrounds is None or (len(self.backgrounds) > 0 and set(
-            self.backgrounds) <= set(BACKGROUNDS)), f"data.backgrounds must name some of "
-            f"{tuple(BACKGROUNDS)}, got {self.backgrounds}; leave it out for all")
+        for name, universe in (("backgrounds", BACKGROUNDS), ("motions", MOTIONS)):
+            chosen = getattr(self, name)
+            _require(chosen is None or (len(chosen) > 0 and set(chosen) <= set(universe)),
+                     f"data.{name} must name some of {tuple(universe)}, got {chosen}; leave "
+                     "it out for all")
 
 
 @dataclass(frozen=True)

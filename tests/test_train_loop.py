@@ -429,6 +429,23 @@ def test_build_cache_with_minilm(tmp_path, vae_dir, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "latents")
 
 
+def test_cache_meta_records_set_world_knobs_only(vae_dir):
+    """Unset curriculum knobs (the whole world) stay out of the cache's meta, so caches built
+    before a knob existed still match; a set knob is recorded, so a cache of a narrowed world
+    is never taken for the whole one."""
+    from cineforge.train.run import cache_meta
+
+    def source(*overrides):
+        config = load_config(CONFIGS / "tiny_dit.yaml", [f"cache.vae={vae_dir}", *overrides])
+        return cache_meta(config)["source"]
+
+    whole = source()
+    assert "backgrounds" not in whole and "motions" not in whole
+    narrow = source("data.backgrounds=[gray]", "data.motions=[left, up]")
+    assert narrow["backgrounds"] == ("gray",) and narrow["motions"] == ("left", "up")
+    assert {k: v for k, v in narrow.items() if k not in ("backgrounds", "motions")} == whole
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

@@ -74,7 +74,10 @@ def cache_meta(config: TrainConfig) -> dict:
         "vae": {"type": type(vae).__name__, **dataclasses.asdict(vae)},
         "latent_channels": vae.z_dim,
         "text_encoder": TEXT_ENCODER, "text_dim": TEXT_DIM, "text_len": config.cache.text_len,
-        "source": dataclasses.asdict(shapes_world(config.data, "cache").config),
+        # unset knobs (None: the whole world) are left out, so caches built before a knob
+        # existed still match
+        "source": {k: v for k, v in dataclasses.asdict(shapes_world(config.data, "cache").config)
+                   .items() if v is not None},
     }
 
 

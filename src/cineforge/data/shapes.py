@@ -33,8 +33,9 @@ from cineforge.errors import CineforgeError
 __all__ = [
     "BACKGROUNDS", "COLOURS", "FILL", "HELDOUT_COLOUR_SHAPE", "HELDOUT_SHAPE_MOTION", "LAYOUTS",
     "MOTIONS", "SHAPES", "TINY_SHAPES_WORLD", "Background", "ClipSpec", "ObjectSpec", "ShapesWorld",
-    "ShapesWorldConfig", "combinations", "heldin_prompts", "heldout_prompts", "is_heldout",
-    "object_track", "parse_caption", "render", "sample_spec", "shape_coverage", "to_video_tensor",
+    "ShapesWorldConfig", "check_subset", "combinations", "heldin_prompts", "heldout_prompts",
+    "is_heldout", "object_track", "parse_caption", "render", "sample_spec", "shape_coverage",
+    "to_video_tensor",
 ]
 
 COLOURS = {  # hues 0, 32, 54, 129, 183, 227, 274 degrees
@@ -116,7 +117,9 @@ def combinations(split: str, *, image: bool = False) -> list[tuple[str, str, str
     return [t for t in triples if is_heldout(*t) == want]
 
 
-def _check_subset(what: str, chosen: tuple[str, ...] | None, universe) -> None:
+def check_subset(what: str, chosen: tuple[str, ...] | None, universe) -> None:
+    """Refuse a curriculum knob (``backgrounds``, ``motions``) that is empty or names values
+    outside ``universe``; ``None`` (unset) means all."""
     if chosen is not None and (not chosen or any(c not in universe for c in chosen)):
         raise CineforgeError(f"{what} must name some of {tuple(universe)}, got "
                              f"{tuple(chosen)}; leave it unset for all")
@@ -337,8 +340,8 @@ def sample_spec(
     object to those motions (default: all; images stay still): curriculum knobs."""
     _check_split(split)
     _check_layout(layout)
-    _check_subset("backgrounds", backgrounds, BACKGROUNDS)
-    _check_subset("motions", motions, MOTIONS)
+    check_subset("backgrounds", backgrounds, BACKGROUNDS)
+    check_subset("motions", motions, MOTIONS)
     if n_objects not in (1, 2):
         raise CineforgeError(f"n_objects must be 1 or 2, got {n_objects!r}")
     image, scale = frames == 1, min(height, width) / 64
@@ -513,8 +516,8 @@ class ShapesWorldConfig:
                 raise CineforgeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         _check_split(self.split)
         _check_layout(self.layout)
-        _check_subset("backgrounds", self.backgrounds, BACKGROUNDS)
-        _check_subset("motions", self.motions, MOTIONS)
+        check_subset("backgrounds", self.backgrounds, BACKGROUNDS)
+        check_subset("motions", self.motions, MOTIONS)
         if self.seed < 0 or self.length < 1:
             raise CineforgeError("seed must be >= 0 and length >= 1")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cineforge.data.shapes import BACKGROUNDS, LAYOUTS, MOTIONS
+from cineforge.data.shapes import BACKGROUNDS, LAYOUTS, MOTIONS, check_subset
 from cineforge.errors import CineforgeError
 
 TASKS = ("vae", "dit")
@@ -67,11 +67,8 @@ class DataConfig:
                  "data.two_object_fraction must be in [0, 1]")
         _require(self.layout in LAYOUTS, f"data.layout must be one of {LAYOUTS}, got "
                  f"{self.layout!r}")
-        for name, universe in (("backgrounds", BACKGROUNDS), ("motions", MOTIONS)):
-            chosen = getattr(self, name)
-            _require(chosen is None or (len(chosen) > 0 and set(chosen) <= set(universe)),
-                     f"data.{name} must name some of {tuple(universe)}, got {chosen}; leave "
-                     "it out for all")
+        check_subset("data.backgrounds", self.backgrounds, BACKGROUNDS)
+        check_subset("data.motions", self.motions, MOTIONS)
 
 
 @dataclass(frozen=True)

@@ -237,9 +237,6 @@ def _contrasts(colour: str, bg_name: str, min_distance: float = 90.0) -> bool:
 def _sample_background(rng: np.random.Generator, colours: list[str],
                        allowed: tuple[str, ...] | None = None) -> Background:
     names = [n for n in (allowed or BACKGROUNDS) if all(_contrasts(c, n) for c in colours)]
-    if not names:
-        raise CineforgeError(f"no allowed background contrasts with {colours}; allow more "
-                             f"backgrounds (of {tuple(BACKGROUNDS)})")
     name = names[rng.integers(len(names))]
     gradient = ("none", "vertical", "horizontal")[rng.choice(3, p=(0.5, 0.25, 0.25))]
     a, b = BACKGROUNDS[name], _gradient_end(BACKGROUNDS[name])

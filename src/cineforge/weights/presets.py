@@ -226,9 +226,11 @@ K5_T2I_LITE = dataclasses.replace(
 )
 
 # The shipped demo (``cineforge/assets/demo``, fp16): trained by this project on its own
-# shapes world with configs/demo_vae.yaml, then the DiT in three stages: configs/demo_dit_p2.yaml
-# (to its step-2000 checkpoint), demo_dit_p2s3.yaml, demo_dit_p2s3b.yaml (docs/demo-training.md).
-# These configs equal the JSON files shipped beside the weights (tests/test_demo_model.py).
+# shapes world with configs/demo_vae.yaml, then the DiT in stages, each starting from the
+# one before: demo_dit_p2.yaml (to its step 2000), demo_dit_p2s3.yaml, demo_dit_p2s3b.yaml,
+# demo_dit_t.yaml (adds the position table; to its step 1000, raw weights), demo_dit_k.yaml
+# (raw weights at its step 1000) and demo_dit_w.yaml (docs/demo-training.md). The model part
+# of these configs equals the JSON shipped beside the weights (tests/test_demo_model.py).
 DEMO_DIT = dataclasses.replace(
     WAN_DIT_1_3B,
     dim=256,
@@ -238,6 +240,7 @@ DEMO_DIT = dataclasses.replace(
     text_dim=384,
     patch_size=(1, 2, 2),
     text_len=64,
+    abs_position_table=(5, 8, 8),  # learned per-token positions: 5 latent frames x 8 x 8
 )
 DEMO_VAE = CompactVAEConfig(
     widths=(32, 64, 64), z_dim=16, frames_per_latent=4,
@@ -266,7 +269,7 @@ DEMO = Preset(
     height=64,
     frames=17,
     fps=8,
-    sampler=SamplerDefaults(steps=20, guidance=6.0, shift=3.0),
+    sampler=SamplerDefaults(steps=20, guidance=6.0, shift=3.0, frame_noise_share=0.5),
     embedded="demo",
 )
 

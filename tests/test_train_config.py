@@ -20,7 +20,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize(
-    "name", ["tiny_vae", "tiny_dit", "demo_vae", "demo_dit", "demo_dit_c", "demo_dit_k", "demo_dit_w"]
+    "name",
+    ["tiny_vae", "tiny_dit", "demo_vae", "demo_dit", "demo_dit_c", "demo_dit_k", "demo_dit_w",
+     "demo_dit_d"],
 )
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")

@@ -66,8 +66,8 @@ def test_readme_main_command_makes_the_prompted_video_offline(tmp_path):
     frames, fps = read_video(out)
     assert frames.shape == (17, 64, 64, 3) and fps == 8
     found = analyze_clip(frames)  # "a red circle moves to the right"
-    # The shipped model follows colour and motion (`cineforge eval shapes`: 100 % and 77 %
-    # held-in), not yet shape (31 %, chance 25 %): docs/demo-training.md. Shape joins this
+    # The shipped model follows colour and motion (`cineforge eval shapes -n 100`: 99 % and
+    # 77 % held-in), not yet shape (28 %, chance 25 %): docs/demo-training.md. Shape joins this
     # check when a model that draws it ships.
     assert found.found and found.colour == "red" and found.motion == "right", found
 

@@ -50,9 +50,9 @@ def test_demo_files_are_fp16_under_40_mb_and_match_the_preset():
 
 def test_last_demo_training_stage_builds_the_shipped_dit():
     """The preset's comment names the config chain; its last stage trained the shipped DiT."""
-    config = load_config(ROOT / "configs" / "demo_dit_w.yaml")
-    assert dit_config(config.model.name, config.model.overrides) == get_preset("demo").dit
-    assert config.flow.frame_noise_share == get_preset("demo").sampler.frame_noise_share
+    config, preset = load_config(ROOT / "configs" / "demo_dit_w.yaml"), get_preset("demo")
+    assert dit_config(config.model.name, config.model.overrides) == preset.dit
+    assert config.flow.frame_noise_share == preset.sampler.frame_noise_share
 
 
 def test_readme_main_command_makes_the_prompted_video_offline(tmp_path):

@@ -118,3 +118,20 @@ def test_components_match_flood_fill():
                         stack.append((ny, nx))
         ours, ref = labels[t][mask[t]], seen[mask[t]]
         assert np.array_equal(ours[:, None] == ours[None], ref[:, None] == ref[None])
+
+
+def test_motion_skips_frames_whose_object_has_no_coverage():
+    """A frame whose mask is set but whose soft coverage sums to 0 has no centroid: it is
+    left out (it used to give a 0/0 NaN centroid and a RuntimeWarning)."""
+    from cineforge.eval.shapes import _motion
+
+    mask = np.zeros((5, 24, 24), bool)
+    a = np.zeros((5, 24, 24), np.float32)
+    for t in range(5):  # a 4x4 block moving right by 3 px a frame
+        mask[t, 10:14, 2 + 3 * t : 6 + 3 * t] = True
+        a[t, 10:14, 2 + 3 * t : 6 + 3 * t] = 1.0
+    a[2] = 0.0
+    with np.errstate(all="raise"):
+        motion, _, (dx, dy), _, _ = _motion(mask, a)
+    assert motion == "right"
+    assert dx == pytest.approx(12.0) and dy == pytest.approx(0.0)

@@ -216,7 +216,7 @@ def _fit_change(t: np.ndarray, v: np.ndarray, span: float) -> float:
 
 def _motion(mask: np.ndarray, a: np.ndarray) -> tuple[str, float, tuple, float, float]:
     t_all, h, w = mask.shape
-    frames = np.nonzero(mask.any(axis=(1, 2)))[0]
+    frames = np.nonzero(mask.any(axis=(1, 2)) & (a.sum(axis=(1, 2)) > 0))[0]  # no 0/0 centroid
     if t_all == 1 or len(frames) < 2:
         return "still", 1.0 if t_all == 1 else 0.0, (0.0, 0.0), 1.0, 0.0
     yy, xx = np.mgrid[0:h, 0:w]

@@ -15,7 +15,7 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from cineforge.data.shapes import heldin_prompts, heldout_prompts
+from cineforge.data.shapes import heldin_prompts, heldout_prompts, render, to_video_tensor
 from cineforge.eval.shapes import ShapesScore, score_clips
 from cineforge.io.video import to_uint8_frames
 from cineforge.pipelines.t2v import TextToVideo, VideoRequest
@@ -36,10 +36,15 @@ def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> li
 
 
 def generate_clips(pipe: TextToVideo, specs, request: VideoRequest, batch: int, desc: str):
+    """One clip per spec, from its caption; with ``request.strength < 1`` each starts from the
+    spec's own ground-truth clip (video-to-video)."""
     for start in tqdm(range(0, len(specs), batch), desc=desc, unit="batch", leave=False):
         chunk = specs[start : start + batch]
         r = dataclasses.replace(request, seed=request.seed + start)
-        video = pipe(r, prompts=[s.caption for s in chunk])
+        init = None
+        if request.strength < 1:
+            init = torch.stack([to_video_tensor(render(s)) for s in chunk])
+        video = pipe(r, prompts=[s.caption for s in chunk], init_video=init)
         yield from (to_uint8_frames(v) for v in video)
 
 
@@ -58,7 +63,9 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
         solver=s.solver,
         frame_noise_share=s.frame_noise_share if args.frame_noise is None else args.frame_noise,
         seed=args.seed,
+        strength=args.strength,
     )
+    layout = args.layout if args.strength < 1 else "free"  # from noise the layout is the model's
     components = load_pipeline_components(preset, args.weights)
     models = {preset.name: components}
     if not args.no_baseline:
@@ -69,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
     for name, parts in models.items():
         pipe = TextToVideo(parts)
         for split in ("held-in", "held-out"):
-            specs = prompt_specs(split, args.n, preset)
+            specs = prompt_specs(split, args.n, preset, layout)
             clips = generate_clips(pipe, specs, request, args.batch, f"{name} {split}")
             rows.append((name, split, score_clips(clips, specs)))
     return rows

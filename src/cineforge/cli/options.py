@@ -112,5 +112,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")
     p.add_argument("--layout", choices=LAYOUTS, default="free",
-                   help="text-use: where the held-in clips put their main object; match the "
-                        "world the model trained on (the shipped demo: free)")
+                   help="text-use and --strength: where the ground-truth clips put their main "
+                        "object; match the world the model trained on")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="shapes: start from each prompt's ground-truth clip, noised so that this "
+                        "share of the steps runs (video-to-video); below 1 it shows where along "
+                        "the sampling path the model loses each attribute (default 1: from noise)")

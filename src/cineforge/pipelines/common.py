@@ -2,6 +2,11 @@
 
     conditions (text -> DiT inputs) -> initial latents -> denoise (yields steps) -> decode
 
+Video-to-video (SDEdit, Meng et al. 2022) is the same loop started part-way: with an
+``init_video`` and ``strength`` s < 1 the video is encoded, noised to the schedule's sigma
+after its first ``steps - int(steps * s)`` steps, and only the remaining steps run (the
+steps are counted as in diffusers' video-to-video pipelines).
+
 ``FlowPipeline`` runs the stages; a model family says only how it builds its conditioning
 (``conditions``), what its latents look like (``latent_shape``, ``initial_latents``) and how
 it decodes. The DiT is called as ``dit(x, t, **conditioning)``; classifier-free guidance,
@@ -40,6 +45,7 @@ class VideoRequest:
     solver: str = "unipc"
     seed: int = 0
     frame_noise_share: float = 0.0  # share of the initial noise common to all frames
+    strength: float = 1.0  # video-to-video: share of the steps run from the noised init video
 
 
 def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> None:
@@ -66,6 +72,11 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
         raise CineforgeError(f"--frame-noise must be in [0, 1), got {r.frame_noise_share}")
     if r.shift <= 0:
         raise CineforgeError(f"--shift must be > 0, got {r.shift}")
+    if not 0 < r.strength <= 1 or int(r.steps * r.strength) < 1:
+        raise CineforgeError(
+            f"--strength {r.strength} with --steps {r.steps} runs no step; use a strength in "
+            f"(0, 1] with steps * strength >= 1"
+        )
     get_solver(r.solver)
 
 
@@ -101,6 +112,10 @@ class FlowPipeline:
     def decode(self, latents: torch.Tensor, *, tile: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Float32 latents of ``video`` (B, 3, T, H, W in [-1, 1]) as the DiT denoises them."""
+        raise CineforgeError(f"{type(self).__name__} has no video-to-video; use strength 1")
+
     def initial_latents(self, r: VideoRequest, batch: int) -> torch.Tensor:
         """Standard normal float32 latents from ``r.seed`` (``r.frame_noise_share`` of their
         variance common to all frames)."""
@@ -123,11 +138,14 @@ class FlowPipeline:
         guidance: float,
         shift: float,
         solver: str = "unipc",
+        skip: int = 0,
     ) -> Iterator[SolverStep]:
         """Yield every solver step from ``noise`` (float32 latents) to the clean latents;
-        the DiT sees ``dit(x, t, **cond)`` (and ``**uncond`` under guidance)."""
+        the DiT sees ``dit(x, t, **cond)`` (and ``**uncond`` under guidance). ``skip``: start
+        after that many steps of the schedule, from ``noise`` at its sigma there."""
         chosen = get_solver(solver)
         sigmas, times = self.schedule(steps, shift, solver)
+        sigmas, times = sigmas[skip:], times[skip:]
         with self.placement.use(self.dit) as dit:
             device = next(dit.parameters()).device
             cond = _to(cond, device, self.dtype)
@@ -147,19 +165,27 @@ class FlowPipeline:
         prompts: Sequence[str] | None = None,
         progress: Progress | None = None,
         vae_tile: int | None = None,
+        init_video: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Video(s) in [-1, 1], ``B, 3, T, H, W``: one per prompt (default: ``r.prompt``),
-        all with the settings of ``r``; noise for the batch comes from ``r.seed``."""
+        all with the settings of ``r``; noise for the batch comes from ``r.seed``. With
+        ``init_video`` (one video per prompt, ``B, 3, T, H, W`` in [-1, 1]) the sampling starts
+        from it, noised according to ``r.strength`` (video-to-video)."""
         prompts = [r.prompt] if prompts is None else list(prompts)
         for p in prompts:
             self.check(dataclasses.replace(r, prompt=p))
+        if init_video is None and r.strength != 1:
+            raise CineforgeError(f"--strength {r.strength} needs an init video; give one or use 1")
         report = progress or (lambda stage, done, total: None)
         cond, uncond = self.conditions(prompts, r)
         latents = self.initial_latents(r, len(prompts))
-        report("denoise", 0, r.steps)
+        skip = r.steps - int(r.steps * r.strength)
+        if init_video is not None:
+            latents = self.noised_init(init_video, latents, r, skip)
+        report("denoise", 0, r.steps - skip)
         steps = self.sample(
             cond, uncond, latents, steps=r.steps, guidance=r.guidance, shift=r.shift,
-            solver=r.solver,
+            solver=r.solver, skip=skip,
         )
         for step in steps:
             latents = step.x
@@ -168,6 +194,21 @@ class FlowPipeline:
         video = self.decode(latents, tile=vae_tile)
         report("decode", 1, 1)
         return video
+
+    def noised_init(
+        self, video: torch.Tensor, noise: torch.Tensor, r: VideoRequest, skip: int
+    ) -> torch.Tensor:
+        """``(1 - sigma) x0 + sigma noise`` with ``x0`` the latents of ``video`` and sigma the
+        schedule's after ``skip`` steps."""
+        want = (len(noise), 3, r.frames, r.height, r.width)
+        if tuple(video.shape) != want:
+            raise CineforgeError(
+                f"init video has shape {tuple(video.shape)}, expected {want} (one B, 3, T, H, W "
+                "video in [-1, 1] per prompt, at the request's size and frame count)"
+            )
+        x0 = self.encode_video(video).float()
+        sigma = self.schedule(r.steps, r.shift, r.solver)[0][skip].item()
+        return (1 - sigma) * x0 + sigma * noise
 
 
 def _to(values: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Conditioning:

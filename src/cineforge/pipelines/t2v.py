@@ -79,6 +79,10 @@ class TextToVideo(FlowPipeline):
             steps=steps, guidance=guidance, shift=shift, solver=solver,
         )
 
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        with self.placement.use(self.vae) as vae, torch.no_grad():
+            return vae.encode(video.to(next(vae.parameters()).device, torch.float32)).float().cpu()
+
     def decode(self, latents: torch.Tensor, *, tile: int | None = None) -> torch.Tensor:
         """Frames in [-1, 1] (B, 3, T, H, W) on the CPU; ``tile`` in pixels, or None."""
         with self.placement.use(self.vae) as vae, torch.no_grad():

@@ -67,6 +67,8 @@ def test_generate_image_and_gif(weights, tmp_path):
         (["a cat", "--preset", "nope"], "unknown preset"),
         (["   "], "prompt is empty"),
         (["a cat", "--frame-noise", "1.0"], "--frame-noise must be in [0, 1)"),
+        (["a cat", "--strength", "0.5"], "--strength needs --video"),
+        (["a cat", "--video", "missing.mp4"], "video file not found"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(weights, tmp_path, capsys, args, message):
@@ -95,3 +97,34 @@ def test_console_script_presets_and_help():
     help_ = subprocess.run([sys.executable, "-m", "cineforge.cli.main", "generate", "--help"],
                            capture_output=True, text=True, check=True).stdout
     assert "--offload" in help_ and "--negative" in help_
+
+
+
+def test_generate_video_to_video_keeps_the_init_video_at_low_strength(tmp_path, capsys):
+    """The demo model from a rendered clip, noised for the last 4 of 20 steps: the output
+    still shows the clip's object and motion, changed only a little; bad sizes are refused."""
+    from cineforge.data.shapes import render, sample_spec
+    from cineforge.eval.shapes import analyze_clip
+    from cineforge.io.video import write_video
+
+    spec = sample_spec(np.random.default_rng(3), combo=("blue", "square", "left"),
+                       layout="centred")
+    clip = render(spec)
+    src, out = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_video(src, clip, fps=8)
+    source = read_video(src)[0]
+    assert main(["generate", spec.caption, "--video", str(src), "--strength", "0.2",
+                 "--out", str(out)]) == 0
+    frames = read_video(out)[0]
+    assert frames.shape == source.shape == (17, 64, 64, 3)
+    seen = analyze_clip(frames)
+    assert (seen.colour, seen.motion) == ("blue", "left")
+    change = np.abs(frames.astype(int) - source.astype(int)).mean()
+    assert 0.2 < change < 20, change  # denoised, not copied, not replaced
+
+    capsys.readouterr()
+    code = main(["generate", "a cat", "--video", str(src), "--size", "96x64",
+                 "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--video" in err and "64x64, the output 96x64" in err
+    assert "\n" not in err

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from cineforge.cli.options import GenerateOptions, check_prompt
 from cineforge.errors import CineforgeError
-from cineforge.io.video import write_video
+from cineforge.io.video import from_uint8_frames, read_video, write_video
 from cineforge.pipelines.common import VideoRequest
 from cineforge.pipelines.select import check_preset_request, pipeline_for
 from cineforge.weights.loader import load_pipeline_components
@@ -17,6 +17,7 @@ from cineforge.weights.offload import make_placement
 from cineforge.weights.presets import get_preset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_STRENGTH = 0.7  # video-to-video: share of the steps run from the noised video
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,13 +56,37 @@ def build_request(opts: GenerateOptions) -> VideoRequest:
         solver=opts.solver or s.solver,
         frame_noise_share=s.frame_noise_share if opts.frame_noise is None else opts.frame_noise,
         seed=opts.seed,
+        strength=init_strength(opts),
     )
+
+
+def init_strength(opts: GenerateOptions) -> float:
+    if opts.video is None:
+        if opts.strength is not None:
+            raise CineforgeError("--strength needs --video (the video to start from)")
+        return 1.0
+    return DEFAULT_STRENGTH if opts.strength is None else opts.strength
+
+
+def load_init_video(path: Path, r: VideoRequest) -> torch.Tensor:
+    """The first ``r.frames`` frames of the video at ``path`` as a 1, 3, T, H, W tensor in
+    [-1, 1]; its size must be the request's."""
+    frames, _ = read_video(path)
+    t, h, w = frames.shape[:3]
+    if (w, h) != (r.width, r.height):
+        raise CineforgeError(f"--video {path} is {w}x{h}, the output {r.width}x{r.height}; "
+                             f"pass --size {w}x{h} or resize the video")
+    if t < r.frames:
+        raise CineforgeError(f"--video {path} has {t} frames, fewer than --frames {r.frames}; "
+                             f"pass --frames {1 + (t - 1) // 4 * 4} or a longer video")
+    return from_uint8_frames(frames[: r.frames])[None]
 
 
 def run_generate(opts: GenerateOptions) -> list[Path]:
     preset = get_preset(opts.preset)
     request = build_request(opts)  # validate everything before loading GBs of weights
     check_preset_request(preset, request)
+    init = None if opts.video is None else load_init_video(opts.video, request)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     components = load_pipeline_components(preset, opts.weights, dtype=dtype)
@@ -78,7 +103,7 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
         bar.refresh()
 
     try:
-        video = pipe(request, progress=progress, vae_tile=opts.vae_tile)
+        video = pipe(request, progress=progress, vae_tile=opts.vae_tile, init_video=init)
     finally:
         for bar in bars.values():
             bar.close()

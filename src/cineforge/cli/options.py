@@ -32,6 +32,8 @@ class GenerateOptions:
     dtype: str = "auto"
     offload: str = "none"
     vae_tile: int | None = None
+    video: Path | None = None  # video-to-video: the init video
+    strength: float | None = None  # share of the steps run from it (default 0.7 with --video)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerateOptions:
@@ -81,6 +83,12 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         help="CPU offloading for small GPUs: per model or per DiT block",
     )
     p.add_argument("--vae-tile", type=int, help="decode in spatial tiles of this many pixels")
+    p.add_argument("--video", type=Path,
+                   help="video-to-video: start from this video's first --frames frames (at the "
+                        "output size), noised by --strength")
+    p.add_argument("--strength", type=float,
+                   help="with --video: share of the steps run from the noised video, in (0, 1]; "
+                        "lower keeps more of it (default 0.7)")
 
 
 def add_frame_noise_argument(p: argparse.ArgumentParser) -> None:

@@ -229,7 +229,9 @@ K5_T2I_LITE = dataclasses.replace(
 # shapes world with configs/demo_vae.yaml, then the DiT in stages, each starting from the
 # one before: demo_dit_p2.yaml (to its step 2000), demo_dit_p2s3.yaml, demo_dit_p2s3b.yaml,
 # demo_dit_t.yaml (adds the position table; to its step 1000, raw weights), demo_dit_k.yaml
-# (raw weights at its step 1000) and demo_dit_w.yaml (EMA weights at its step 1500;
+# (raw weights at its step 1000), demo_dit_w.yaml (EMA weights at its step 1500), then a
+# shape curriculum: demo_dit_s.yaml (raw, step 800), demo_dit_v.yaml (raw, step 1000),
+# demo_dit_s2.yaml (raw, step 400) and demo_dit_v2.yaml (EMA weights at its step 500;
 # docs/demo-training.md). The last stage's model config equals the JSON shipped beside the
 # weights (tests/test_demo_model.py).
 DEMO_DIT = dataclasses.replace(

@@ -26,6 +26,20 @@ SCHEDULERS = {
 }
 
 
+def _reference(pipeline_class, solver: str, shift: float, seed: int):
+    """A diffusers Wan pipeline on tiny random models, and random text states for it."""
+    transformer, vae = tiny_wan_transformer(), tiny_wan_vae()
+    ref = pipeline_class(
+        tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+        scheduler=SCHEDULERS[solver](shift),
+    )
+    ref.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, 8, 32, generator=g)
+    uncond = torch.randn(1, 8, 32, generator=g)
+    return ref, _ours(transformer, vae), g, cond, uncond
+
+
 def _ours(transformer, vae) -> TextToVideo:
     with torch.device("meta"):
         dit, our_vae = WanDiT(WAN_DIT_TINY), WanVAE(WAN_VAE_TINY)
@@ -36,16 +50,8 @@ def _ours(transformer, vae) -> TextToVideo:
 
 @pytest.mark.parametrize(("solver", "steps", "guidance"), [("unipc", 4, 5.0), ("euler", 3, 1.0)])
 def test_t2v_matches_diffusers_wan_pipeline(solver, steps, guidance):
-    transformer, vae = tiny_wan_transformer(), tiny_wan_vae()
     shift = 3.0
-    ref = WanPipeline(
-        tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
-        scheduler=SCHEDULERS[solver](shift),
-    )
-    ref.set_progress_bar_config(disable=True)
-    g = torch.Generator().manual_seed(0)
-    cond = torch.randn(1, 8, 32, generator=g)
-    uncond = torch.randn(1, 8, 32, generator=g)
+    ref, pipe, g, cond, uncond = _reference(WanPipeline, solver, shift, seed=0)
     noise = torch.randn(1, 16, 3, 8, 8, generator=g)  # 9 frames of 64x64
 
     expected = ref(
@@ -54,7 +60,6 @@ def test_t2v_matches_diffusers_wan_pipeline(solver, steps, guidance):
         num_frames=9, output_type="pt",
     ).frames  # B, T, C, H, W in [0, 1]
 
-    pipe = _ours(transformer, vae)
     for step in pipe.denoise(
         cond, uncond, noise, steps=steps, guidance=guidance, shift=shift, solver=solver
     ):
@@ -75,16 +80,8 @@ def test_video_to_video_matches_diffusers_wan_video_to_video(solver, steps, stre
     ``steps - int(steps * strength)`` steps, and only the rest run; as diffusers does it."""
     from diffusers import WanVideoToVideoPipeline
 
-    transformer, vae = tiny_wan_transformer(), tiny_wan_vae()
     shift, guidance = 3.0, 4.0
-    ref = WanVideoToVideoPipeline(
-        tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
-        scheduler=SCHEDULERS[solver](shift),
-    )
-    ref.set_progress_bar_config(disable=True)
-    g = torch.Generator().manual_seed(1)
-    cond = torch.randn(1, 8, 32, generator=g)
-    uncond = torch.randn(1, 8, 32, generator=g)
+    ref, pipe, g, cond, uncond = _reference(WanVideoToVideoPipeline, solver, shift, seed=1)
     video = torch.rand(1, 3, 9, 64, 64, generator=g) * 2 - 1  # B, C, T, H, W in [-1, 1]
 
     expected = ref(
@@ -94,7 +91,6 @@ def test_video_to_video_matches_diffusers_wan_video_to_video(solver, steps, stre
         output_type="pt",
     ).frames  # B, T, C, H, W in [0, 1]
 
-    pipe = _ours(transformer, vae)
     pipe.conditions = lambda prompts, r: ({"context": cond}, {"context": uncond})
     request = VideoRequest(prompt="-", width=64, height=64, frames=9, steps=steps,
                            guidance=guidance, shift=shift, solver=solver, seed=7,

@@ -128,3 +128,9 @@ def test_generate_video_to_video_keeps_the_init_video_at_low_strength(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--video" in err and "64x64, the output 96x64" in err
     assert "\n" not in err
+    short = tmp_path / "short.mp4"  # 19 frames: the longest usable prefix has 4k+1 = 17
+    write_video(short, np.concatenate([clip, clip[:2]]), fps=8)
+    code = main(["generate", "a cat", "--video", str(short), "--frames", "21",
+                 "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has 19 frames, fewer than --frames 21; pass --frames 17" in err

@@ -68,9 +68,9 @@ def init_strength(opts: GenerateOptions) -> float:
     return DEFAULT_STRENGTH if opts.strength is None else opts.strength
 
 
-def load_init_video(path: Path, r: VideoRequest) -> torch.Tensor:
+def load_init_video(path: Path, r: VideoRequest, temporal_ratio: int) -> torch.Tensor:
     """The first ``r.frames`` frames of the video at ``path`` as a 1, 3, T, H, W tensor in
-    [-1, 1]; its size must be the request's."""
+    [-1, 1]; its size must be the request's (frame counts step by the VAE's ``temporal_ratio``)."""
     frames, _ = read_video(path)
     t, h, w = frames.shape[:3]
     if (w, h) != (r.width, r.height):
@@ -78,7 +78,8 @@ def load_init_video(path: Path, r: VideoRequest) -> torch.Tensor:
                              f"pass --size {w}x{h} or resize the video")
     if t < r.frames:
         raise CineforgeError(f"--video {path} has {t} frames, fewer than --frames {r.frames}; "
-                             f"pass --frames {1 + (t - 1) // 4 * 4} or a longer video")
+                             f"pass --frames {1 + (t - 1) // temporal_ratio * temporal_ratio} or a "
+                             "longer video")
     return from_uint8_frames(frames[: r.frames])[None]
 
 
@@ -86,7 +87,8 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
     preset = get_preset(opts.preset)
     request = build_request(opts)  # validate everything before loading GBs of weights
     check_preset_request(preset, request)
-    init = None if opts.video is None else load_init_video(opts.video, request)
+    init = (None if opts.video is None
+            else load_init_video(opts.video, request, preset.vae.temporal_ratio))
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     components = load_pipeline_components(preset, opts.weights, dtype=dtype)

@@ -90,7 +90,7 @@ def test_trainer_config_export_and_load_round_trip(tmp_path, vae):
 
 
 def test_detail_weights_mark_small_objects_not_smooth_backgrounds():
-    from cineforge.train.vae_task import detail_weights
+    from cineforge.train.vae_task import pixel_detail_weights as detail_weights
 
     ramp = torch.linspace(-1, 1, 64).view(1, 1, 1, 1, 64).expand(1, 3, 2, 64, 64).clone()
     assert detail_weights(ramp, 10.0).eq(1.0).all()  # a gradient background: weight 1

@@ -159,14 +159,15 @@ def test_prompt_lists():
     assert {(s.main.colour, s.main.shape) for s in images} == HELDOUT_COLOUR_SHAPE
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_paths_stay_inside_and_move_visibly(layout):
+@pytest.mark.parametrize("layout, scale", [*((layout, 1.0) for layout in LAYOUTS),
+                                           *((layout, 1.25) for layout in LAYOUTS)])
+def test_paths_stay_inside_and_move_visibly(layout, scale):
     rng = np.random.default_rng(2)
     for i in range(600):
         h, w = ((64, 64), (64, 96), (96, 64))[i % 3]
         combo = ("red", "square", MOTIONS[i % len(MOTIONS)])
         spec = sample_spec(rng, height=h, width=w, combo=combo, n_objects=1 + (i % 4 == 0),
-                           layout=layout)
+                           layout=layout, object_scale=scale)
         if layout == "centred":  # the main path's midpoint (a bounce: its row) near the centre
             xs, ys, _ = object_track(spec.main, spec.frames, w)
             jitter = 0.08 * min(h, w) + 1e-9
@@ -180,7 +181,8 @@ def test_paths_stay_inside_and_move_visibly(layout):
             r = sizes / 2
             assert np.all(xs - r >= 0.99) and np.all(xs + r <= w - 0.99)
             assert np.all(ys - r >= 0.99) and np.all(ys + r <= h - 0.99)
-            assert np.all(sizes >= 9 * min(h, w) / 64) and np.all(sizes <= 24 * min(h, w) / 64)
+            unit = min(h, w) / 64 * scale
+            assert np.all(sizes >= 9 * unit - 1e-9) and np.all(sizes <= 24 * unit + 1e-9)
             dx, dy = xs[-1] - xs[0], ys[-1] - ys[0]
             if obj.motion in DIRECTIONS:
                 ux, uy = DIRECTIONS[obj.motion]
@@ -242,6 +244,8 @@ def test_bad_configs_raise():
         ShapesWorldConfig(backgrounds=())
     with pytest.raises(CineforgeError, match="motions must name some of"):
         ShapesWorldConfig(motions=("sideways",))
+    with pytest.raises(CineforgeError, match=r"object_scale must be in \[0.5, 1.25\], got 1.5"):
+        ShapesWorldConfig(object_scale=1.5)
     with pytest.raises(CineforgeError, match="still"):
         sample_spec(np.random.default_rng(0), frames=1, combo=("red", "circle", "left"))
     with pytest.raises(CineforgeError, match=">= 0"):
@@ -266,3 +270,21 @@ def test_curriculum_subsets_limit_the_world_and_leave_the_rest_alone():
                                                "shape": spec.main.shape,
                                                "motion": spec.main.motion}
         assert spec.background.name in spec.caption
+
+
+def test_object_scale_scales_every_object_and_its_size_words():
+    """``object_scale`` multiplies the sizes drawn for an item (same draws, so exactly) and
+    the sizes the size words name."""
+    base = ShapesWorldConfig(layout="centred", length=200)
+    big = ShapesWorld(dataclasses.replace(base, object_scale=1.25))
+    for i in range(200):
+        a, b = ShapesWorld(base).spec(i), big.spec(i)
+        assert (a.main.shape, a.main.colour, a.main.motion) == (b.main.shape, b.main.colour,
+                                                                b.main.motion)
+        assert b.main.size_start == pytest.approx(1.25 * a.main.size_start)
+        assert b.main.size_end == pytest.approx(1.25 * a.main.size_end)
+        if b.main.size_word == "small":
+            assert b.main.size_start <= 15 * 1.25 + 1e-9
+        if b.main.size_word in ("large", "big") and len(b.objects) == 1:
+            assert b.main.size_start >= 20 * 1.25 - 1e-9
+

@@ -55,6 +55,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
         ("data.layout=middle", "data.layout must be one of ('free', 'centred')"),
         ("data.backgrounds=[grey]", "data.backgrounds must name some of"),
         ("data.motions=[sideways]", "data.motions must name some of"),
+        ("data.object_scale=2", "data.object_scale must be in [0.5, 1.25], got 2"),
+        ("flow.detail_weight=-1", "flow.detail_weight must be >= 0"),
     ],
 )
 def test_config_errors_name_the_problem(override, message):

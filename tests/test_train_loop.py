@@ -19,7 +19,7 @@ from cineforge.models.wan_dit import WanDiTConfig
 from cineforge.models.wan_vae import WanVAE, WanVAEConfig
 from cineforge.train.config import load_config
 from cineforge.train.data import shapes_world
-from cineforge.train.dit_task import VAL_TIMES
+from cineforge.train.dit_task import VAL_TIMES, latent_detail_weights
 from cineforge.train.export import load_vae, save_weights
 from cineforge.train.loop import Trainer
 from cineforge.train.run import build_task, export_run, train
@@ -294,30 +294,51 @@ def test_vae_overfits_a_fixed_batch(tmp_path):
     assert after < 0.5 * before, (before, after)
 
 
-def test_dit_loss_is_the_flow_matching_mse(tmp_path, vae_dir, cache_dir):
-    """The task's loss equals a hand computation with the same random draws."""
-    config = dit_run_config(tmp_path, vae_dir, cache_dir, "flow.caption_dropout=0.5")
+@pytest.mark.parametrize("packing, detail", [(False, 0.0), (False, 3.0), (True, 3.0)])
+def test_dit_loss_is_the_flow_matching_mse(tmp_path, vae_dir, cache_dir, packing, detail):
+    """The task's loss equals a hand computation with the same random draws: the mean squared
+    velocity error, or with ``flow.detail_weight`` its mean weighted by the clean latents'
+    detail weights (padded and packed alike)."""
+    config = dit_run_config(tmp_path, vae_dir, cache_dir, "flow.caption_dropout=0.5",
+                            f"flow.packing={str(packing).lower()}", f"flow.detail_weight={detail}",
+                            "flow.detail_threshold=0.3")
     task = build_task(config)
     torch.nn.init.normal_(task.model.head.head.weight, std=0.1)  # a non-zero prediction
     batch = task.next_batch(torch.Generator().manual_seed(0))
     out = task.loss(task.model, batch, torch.Generator().manual_seed(5))
 
     g = torch.Generator().manual_seed(5)
-    total, numel = 0.0, 0
+    total, weight_sum, numel = 0.0, 0.0, 0
     for items in batch:
         keep = torch.rand(len(items), generator=g) >= 0.5
         t = torch.sigmoid(torch.randn(len(items), generator=g))  # logit-normal, shift 1
-        x0 = torch.stack([i.latent for i in items])
-        noise = torch.stack([torch.randn(i.latent.shape, generator=g) for i in items])
-        text = [i.text if k else task.cache.empty_text() for i, k in zip(items, keep, strict=True)]
-        context = torch.stack([torch.cat([s, s.new_zeros(32 - len(s), 384)]) for s in text])
-        tt = t.view(-1, 1, 1, 1, 1)
-        with torch.no_grad():
-            pred = task.model((1 - tt) * x0 + tt * noise, t, context)
-        total += float(((pred - (noise - x0)) ** 2).sum())
-        numel += x0.numel()
-    assert out.loss.item() == pytest.approx(total / numel, rel=1e-5)
+        noise = [torch.randn(i.latent.shape, generator=g) for i in items]
+        for item, k, ti, n in zip(items, keep, t, noise, strict=True):
+            text = item.text if k else task.cache.empty_text()
+            context = torch.cat([text, text.new_zeros(32 - len(text), 384)])[None]
+            x0 = item.latent[None]
+            with torch.no_grad():
+                pred = task.model((1 - ti) * x0 + ti * n[None], ti[None], context)
+            w = torch.ones_like(x0)
+            if detail:
+                w = w * latent_detail_weights(item.latent, detail, 0.3)
+            total += float((w * (pred - (n[None] - x0)) ** 2).sum())
+            weight_sum, numel = weight_sum + float(w.sum()), numel + x0.numel()
+    assert 1.2 * numel < weight_sum < 3.5 * numel if detail else weight_sum == numel  # a mix
+    assert out.loss.item() == pytest.approx(total / weight_sum, rel=1e-4)
     assert out.work == sum(i.latent[0].numel() // 4 for items in batch for i in items)
+
+
+def test_latent_detail_weights_mark_objects_not_smooth_backgrounds():
+    ramp = torch.linspace(-2, 2, 16).view(1, 1, 1, 16).expand(16, 3, 16, 16).clone()
+    assert latent_detail_weights(ramp, 4.0, 1.2).eq(1.0).all()  # smooth: weight 1 everywhere
+    scene = ramp.clone()
+    scene[3, :, 5:8, 9:12] += 3.0  # a 3x3 object in one channel
+    w = latent_detail_weights(scene, 4.0, 1.2)
+    assert w.shape == (1, 3, 16, 16)
+    assert w[:, :, 5:8, 9:12].eq(5.0).all()  # the object, in every frame it is in
+    assert w[:, :, 4:9, 8:13].eq(5.0).all()  # grown by one latent pixel
+    assert w[:, :, :3].eq(1.0).all() and w[:, :, 10:].eq(1.0).all()  # far away
 
 
 def test_activation_checkpointing_changes_nothing(tmp_path, vae_dir, cache_dir):
@@ -440,10 +461,14 @@ def test_cache_meta_records_set_world_knobs_only(vae_dir):
         return cache_meta(config)["source"]
 
     whole = source()
-    assert "backgrounds" not in whole and "motions" not in whole
-    narrow = source("data.backgrounds=[gray]", "data.motions=[left, up]")
+    assert not {"backgrounds", "motions", "object_scale"} & set(whole)
+    assert source("data.object_scale=1.0") == whole
+    narrow = source("data.backgrounds=[gray]", "data.motions=[left, up]",
+                    "data.object_scale=1.25")
     assert narrow["backgrounds"] == ("gray",) and narrow["motions"] == ("left", "up")
-    assert {k: v for k, v in narrow.items() if k not in ("backgrounds", "motions")} == whole
+    assert narrow["object_scale"] == 1.25
+    knobs = ("backgrounds", "motions", "object_scale")
+    assert {k: v for k, v in narrow.items() if k not in knobs} == whole
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -17,7 +17,8 @@ square (3 of 28) and the (shape, motion) pairs circle bouncing, square growing, 
 down-left and diamond moving up (4 of 48); 61 of the 336 (colour, shape, motion) triples.
 
 Item ``i`` of a ``ShapesWorld`` depends on (seed, split, i) alone, so a trainer resumes at any
-data position. Sizes are in pixels at 64 px and scale with ``min(height, width) / 64``.
+data position. Sizes are in pixels at 64 px and scale with ``min(height, width) / 64``, and
+with ``object_scale`` (default 1; at most 1.25, where the longest paths still fit the frame).
 """
 
 import dataclasses
@@ -33,7 +34,8 @@ from cineforge.errors import CineforgeError
 __all__ = [
     "BACKGROUNDS", "COLOURS", "FILL", "HELDOUT_COLOUR_SHAPE", "HELDOUT_SHAPE_MOTION", "LAYOUTS",
     "MOTIONS", "SHAPES", "TINY_SHAPES_WORLD", "Background", "ClipSpec", "ObjectSpec", "ShapesWorld",
-    "ShapesWorldConfig", "check_subset", "combinations", "heldin_prompts", "heldout_prompts",
+    "ShapesWorldConfig", "check_object_scale", "check_subset", "combinations", "heldin_prompts",
+    "heldout_prompts",
     "is_heldout", "object_track", "parse_caption", "render", "sample_spec", "shape_coverage",
     "to_video_tensor",
 ]
@@ -58,6 +60,7 @@ HELDOUT_SHAPE_MOTION = frozenset({
     ("circle", "bounce"), ("square", "grow"), ("triangle", "down_left"), ("diamond", "up"),
 })
 LAYOUTS = ("free", "centred")
+OBJECT_SCALES = (0.5, 1.25)  # object_scale range: above 1.25 the longest paths leave the frame
 _SECONDARY_MOTIONS = (*DIRECTIONS, "bounce", "still")  # no size change: main stays bigger
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}  # area / size^2
 
@@ -123,6 +126,13 @@ def check_subset(what: str, chosen: tuple[str, ...] | None, universe) -> None:
     if chosen is not None and (not chosen or any(c not in universe for c in chosen)):
         raise CineforgeError(f"{what} must name some of {tuple(universe)}, got "
                              f"{tuple(chosen)}; leave it unset for all")
+
+
+def check_object_scale(what: str, scale: float) -> None:
+    lo, hi = OBJECT_SCALES
+    if not lo <= scale <= hi:
+        raise CineforgeError(f"{what} must be in [{lo}, {hi}], got {scale}: above {hi} the "
+                             "longest motion paths no longer fit the frame")
 
 
 def _check_layout(layout: str) -> None:
@@ -301,11 +311,13 @@ def _no_overlap(a: ObjectSpec, b: ObjectSpec, frames: int, width: int) -> bool:
     return bool(np.all(gap > 1))
 
 
-def _second_object(rng, main: ObjectSpec, frames: int, height: int, width: int) -> ObjectSpec:
+def _second_object(rng, main: ObjectSpec, frames: int, height: int, width: int,
+                   scale: float) -> ObjectSpec:
     """A smaller object of another colour with at most half the main object's mean area,
     translating or still, never a held-out combination; placed apart from the main object
-    at the first and last frame when 20 tries allow."""
-    scale, s0, s1 = min(height, width) / 64, main.size_start, main.size_end
+    at the first and last frame when 20 tries allow. ``scale``: sizes in pixels per 64-px
+    unit."""
+    s0, s1 = main.size_start, main.size_end
     mean_area = FILL[main.shape] * (s0 * s0 + s0 * s1 + s1 * s1) / 3
     limit = {s: math.sqrt(0.5 * mean_area / FILL[s]) for s in SHAPES}
     motions = ("still",) if frames == 1 else _SECONDARY_MOTIONS
@@ -326,7 +338,7 @@ def sample_spec(
     rng: np.random.Generator, *, height: int = 64, width: int = 64, frames: int = 17,
     n_objects: int = 1, split: str = "train", combo: tuple[str, str, str] | None = None,
     layout: str = "free", backgrounds: tuple[str, ...] | None = None,
-    motions: tuple[str, ...] | None = None,
+    motions: tuple[str, ...] | None = None, object_scale: float = 1.0,
 ) -> ClipSpec:
     """Draw one clip. The main object's (colour, shape, motion) is uniform over the split's
     triples unless ``combo`` fixes it; a second object (smaller, other colour, translating or
@@ -334,14 +346,16 @@ def sample_spec(
     the main object: 'free' (anywhere its path fits) or 'centred' (its path through the middle
     of the frame, so the caption fixes most of the clip; the second object stays free).
     ``backgrounds`` limits the background colours to those names, ``motions`` a clip's main
-    object to those motions (default: all; images stay still): curriculum knobs."""
+    object to those motions (default: all; images stay still): curriculum knobs.
+    ``object_scale`` multiplies every object size (and the sizes the size words name)."""
     _check_split(split)
     _check_layout(layout)
     check_subset("backgrounds", backgrounds, BACKGROUNDS)
     check_subset("motions", motions, MOTIONS)
+    check_object_scale("object_scale", object_scale)
     if n_objects not in (1, 2):
         raise CineforgeError(f"n_objects must be 1 or 2, got {n_objects!r}")
-    image, scale = frames == 1, min(height, width) / 64
+    image, scale = frames == 1, min(height, width) / 64 * object_scale
     if combo is None:
         triples = combinations(split, image=image)
         if motions is not None and not image:
@@ -361,7 +375,7 @@ def sample_spec(
             word = "small"
     objects = [ObjectSpec(shape, colour, COLOURS[colour], motion, x, y, s0, s1, vx, vy, word)]
     if n_objects == 2:
-        objects.append(_second_object(rng, objects[0], frames, height, width))
+        objects.append(_second_object(rng, objects[0], frames, height, width, scale))
     background = _sample_background(rng, [o.colour for o in objects], backgrounds)
     caption = _caption(rng, objects, background, image)
     return ClipSpec(height, width, frames, tuple(objects), background, caption)
@@ -498,6 +512,7 @@ class ShapesWorldConfig:
     layout: str = "free"  # main object placement, see ``sample_spec``
     backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
     motions: tuple[str, ...] | None = None  # main-object motions of clips (None: all)
+    object_scale: float = 1.0  # object sizes times this (size words follow)
     seed: int = 0
     length: int = 100_000  # what len() reports; any index >= 0 is valid
 
@@ -515,6 +530,7 @@ class ShapesWorldConfig:
         _check_layout(self.layout)
         check_subset("backgrounds", self.backgrounds, BACKGROUNDS)
         check_subset("motions", self.motions, MOTIONS)
+        check_object_scale("object_scale", self.object_scale)
         if self.seed < 0 or self.length < 1:
             raise CineforgeError("seed must be >= 0 and length >= 1")
 
@@ -543,7 +559,8 @@ class ShapesWorld:
         n_objects = 2 if rng.random() < c.two_object_fraction else 1
         return sample_spec(rng, height=c.height, width=c.width, frames=frames,
                            n_objects=n_objects, split=c.split, layout=c.layout,
-                           backgrounds=c.backgrounds, motions=c.motions)
+                           backgrounds=c.backgrounds, motions=c.motions,
+                           object_scale=c.object_scale)
 
     def __getitem__(self, index: int) -> dict:
         spec = self.spec(index)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cineforge.data.shapes import BACKGROUNDS, LAYOUTS, MOTIONS, check_subset
+from cineforge.data.shapes import BACKGROUNDS, LAYOUTS, MOTIONS, check_object_scale, check_subset
 from cineforge.errors import CineforgeError
 
 TASKS = ("vae", "dit")
@@ -54,6 +54,7 @@ class DataConfig:
     layout: str = "free"  # main object placement: "free" or "centred" (data.shapes.sample_spec)
     backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
     motions: tuple[str, ...] | None = None  # main-object motions of clips (None: all)
+    object_scale: float = 1.0  # object sizes times this, in [0.5, 1.25]
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ class DataConfig:
                  f"{self.layout!r}")
         check_subset("data.backgrounds", self.backgrounds, BACKGROUNDS)
         check_subset("data.motions", self.motions, MOTIONS)
+        check_object_scale("data.object_scale", self.object_scale)
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class VAEObjective:
     """Reconstruction ``l1 * |x - x'| + mse * (x - x')^2`` plus ``kl * KL(q(z|x) || N(0, 1))``,
     trained on random ``crop``-pixel squares of ``clip_frames``-frame windows (0 = whole).
     ``detail_weight`` w > 0 weights the reconstruction of pixels that stand out from their
-    neighbourhood by ``1 + w`` (see ``cineforge.train.vae_task.detail_weights``)."""
+    neighbourhood by ``1 + w`` (``cineforge.train.vae_task.pixel_detail_weights``)."""
 
     l1: float = 1.0
     mse: float = 1.0
@@ -150,7 +152,10 @@ class FlowObjective:
     ``shift_time(t, shift)``. ``caption_dropout``: probability of training an item on the
     states of the empty prompt ``""`` (the unconditional branch of CFG). ``frame_noise_share``:
     the part of the noise variance common to all latent frames (``sampling.frame_noise``);
-    sample such a model with the same share.
+    sample such a model with the same share. ``detail_weight`` w > 0 weights the squared
+    error at latent elements near what stands out from its neighbourhood in the clean latent
+    (objects, edges: ``train.dit_task.latent_detail_weights`` with ``detail_threshold``) by
+    ``1 + w``, normalised so that the loss stays a weighted mean; validation stays unweighted.
     """
 
     timesteps: str = "logit_normal"
@@ -160,6 +165,8 @@ class FlowObjective:
     caption_dropout: float = 0.1
     packing: bool = False
     frame_noise_share: float = 0.0
+    detail_weight: float = 0.0
+    detail_threshold: float = 1.2
 
     def __post_init__(self) -> None:
         _require(self.timesteps in ("logit_normal", "uniform"),
@@ -167,6 +174,8 @@ class FlowObjective:
         _require(self.std > 0 and self.shift > 0, "flow.std and flow.shift must be > 0")
         _require(0.0 <= self.caption_dropout <= 1.0, "flow.caption_dropout must be in [0, 1]")
         _require(0.0 <= self.frame_noise_share < 1.0, "flow.frame_noise_share must be in [0, 1)")
+        _require(self.detail_weight >= 0 and self.detail_threshold > 0,
+                 "flow.detail_weight must be >= 0 and flow.detail_threshold > 0")
 
 
 @dataclass(frozen=True)

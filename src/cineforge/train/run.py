@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cineforge.data.latents import LatentCache, build_latent_cache
+from cineforge.data.shapes import ShapesWorldConfig
 from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from cineforge.train.config import TrainConfig, config_to_tree, load_config
@@ -74,11 +75,19 @@ def cache_meta(config: TrainConfig) -> dict:
         "vae": {"type": type(vae).__name__, **dataclasses.asdict(vae)},
         "latent_channels": vae.z_dim,
         "text_encoder": TEXT_ENCODER, "text_dim": TEXT_DIM, "text_len": config.cache.text_len,
-        # unset knobs (None: the whole world) are left out, so caches built before a knob
-        # existed still match
-        "source": {k: v for k, v in dataclasses.asdict(shapes_world(config.data, "cache").config)
-                   .items() if v is not None},
+        "source": _world_source(shapes_world(config.data, "cache").config),
     }
+
+
+# World knobs added after caches were first built: left out at their defaults (the whole
+# world, objects at their first sizes), so those caches still match.
+_LATER_KNOBS = ("backgrounds", "motions", "object_scale")
+
+
+def _world_source(world: ShapesWorldConfig) -> dict:
+    defaults = ShapesWorldConfig()
+    return {k: v for k, v in dataclasses.asdict(world).items()
+            if k not in _LATER_KNOBS or v != getattr(defaults, k)}
 
 
 def ensure_cache(config: TrainConfig, *, progress: bool = False) -> LatentCache:

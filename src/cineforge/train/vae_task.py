@@ -9,7 +9,7 @@ sub-batch
     loss_k = l1 * mean|x - x'| + mse * mean (x - x')^2 + kl * mean KL(N(mu, sigma) || N(0, 1))
 
 (with ``vae.detail_weight`` > 0 the two reconstruction means are weighted per pixel by
-``detail_weights``: small objects on large smooth backgrounds otherwise barely move a
+``train.saliency.detail_weights``: small objects on large smooth backgrounds otherwise barely move a
 pixel-mean loss, and the demo VAE learned shapes and motion long before object colours)
 
 and the step's loss is the mean of the sub-batch losses weighted by their pixel counts
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cineforge.errors import CineforgeError
@@ -43,6 +42,7 @@ from cineforge.train.config import TrainConfig, build_model_config
 from cineforge.train.data import shapes_world
 from cineforge.train.export import VAE_CLASSES, save_weights
 from cineforge.train.loop import StepLoss
+from cineforge.train.saliency import detail_weights
 from cineforge.weights.files import write_model_config
 
 VAE_CONFIGS = {"wan2.1": WAN_VAE_2_1, "tiny": WAN_VAE_TINY,
@@ -68,19 +68,10 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).mean()
 
 
-def detail_weights(video: torch.Tensor, weight: float, window: int = 15,
-                   threshold: float = 0.1) -> torch.Tensor:
-    """Per-pixel loss weights ``B, 1, T, H, W``: ``1 + weight`` within 2 pixels of any pixel
-    whose colour differs by more than ``threshold`` (max over channels, frames in [-1, 1])
-    from the mean of its ``window x window`` neighbourhood, else 1. Smooth backgrounds and
-    gradients stay at 1; edges and the insides of objects smaller than the window get more."""
-    b, _, t, h, w = video.shape
-    frames = video.detach().transpose(1, 2).flatten(0, 1)
-    r = window // 2  # edge-replicated border: a ramp's local mean stays on the ramp
-    local = F.avg_pool2d(F.pad(frames, (r, r, r, r), mode="replicate"), window, 1)
-    salient = ((frames - local).abs().amax(1, keepdim=True) > threshold).float()
-    salient = F.max_pool2d(salient, 5, 1, 2)
-    return (1.0 + weight * salient).view(b, t, 1, h, w).transpose(1, 2)
+def pixel_detail_weights(video: torch.Tensor, weight: float) -> torch.Tensor:
+    """``detail_weights`` at the VAE's pixel scale (frames in [-1, 1]): a 15-pixel
+    neighbourhood, colour deviation 0.1, grown by 2 pixels."""
+    return detail_weights(video, weight, window=15, threshold=0.1, dilate=5)
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -165,7 +156,7 @@ class VAETask:
                 z = mu + (0.5 * logvar).exp() * noise
             err = model.decode_raw(z) - video
             if o.detail_weight:
-                w = detail_weights(video, o.detail_weight)
+                w = pixel_detail_weights(video, o.detail_weight)
                 l1, mse = _weighted_mean(err.abs(), w), _weighted_mean(err.square(), w)
             else:
                 l1, mse = err.abs().mean(), err.square().mean()

@@ -134,3 +134,8 @@ def test_generate_video_to_video_keeps_the_init_video_at_low_strength(tmp_path, 
                  "--out", str(tmp_path / "x.mp4")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "has 19 frames, fewer than --frames 21; pass --frames 17" in err
+    # a preset without video-to-video says so before it looks for (absent) weights
+    code = main(["generate", "a cat", "--preset", "kandinsky5-t2v-lite", "--video", str(src),
+                 "--weights", str(tmp_path / "absent"), "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has no video-to-video; drop --video" in err and "\n" not in err

@@ -187,6 +187,8 @@ def test_request_checks_before_loading():
     with pytest.raises(CineforgeError, match="multiple of 128"):
         check_preset_request(ten, dataclasses.replace(base, width=704))
     check_preset_request(get_preset("kandinsky5-t2i-lite"), dataclasses.replace(base, frames=1))
+    with pytest.raises(CineforgeError, match="'kandinsky5-t2v-lite' .* has no video-to-video"):
+        check_preset_request(get_preset("kandinsky5-t2v-lite"), base, init_video=True)
 
 
 def _tiny_components(video: bool) -> Components:

@@ -86,7 +86,7 @@ def load_init_video(path: Path, r: VideoRequest, temporal_ratio: int) -> torch.T
 def run_generate(opts: GenerateOptions) -> list[Path]:
     preset = get_preset(opts.preset)
     request = build_request(opts)  # validate everything before loading GBs of weights
-    check_preset_request(preset, request)
+    check_preset_request(preset, request, init_video=opts.video is not None)
     init = (None if opts.video is None
             else load_init_video(opts.video, request, preset.vae.temporal_ratio))
     device = resolve_device(opts.device)

@@ -87,7 +87,9 @@ def round_to(n: int, multiple: int) -> int:
 class FlowPipeline:
     """DiT + VAE + text encoder(s) (a ``cineforge.weights.loader.Components``), run in the
     shared stage order. Subclasses implement ``check``, ``conditions``, ``latent_shape`` and
-    ``decode``."""
+    ``decode``; those with video-to-video also ``encode_video`` (and set the flag below)."""
+
+    video_to_video: bool = False  # whether ``encode_video`` exists (init_video is honoured)
 
     def __init__(self, components, *, placement=None, dtype: torch.dtype = torch.float32):
         self.dit: nn.Module = components.dit

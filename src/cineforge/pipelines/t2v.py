@@ -27,6 +27,8 @@ __all__ = ["Progress", "TextToVideo", "VideoRequest"]
 class TextToVideo(FlowPipeline):
     """Wan DiT + VAE + text encoder (a ``cineforge.weights.loader.Components``)."""
 
+    video_to_video = True
+
     @staticmethod
     def check_request(r: VideoRequest, dit_config, vae_config) -> None:
         """Raise a CineforgeError for any request the models cannot honour."""

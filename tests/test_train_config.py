@@ -81,6 +81,25 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_base_config_is_merged_section_by_section(tmp_path):
+    (tmp_path / "a.yaml").write_text("task: dit\nsteps: 10\noptim: {lr: 1.0e-3, warmup: 5}\n"
+                                      "model: {name: tiny, overrides: {dim: 32, num_heads: 2}}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nsteps: 20\noptim: {lr: 2.0e-4}\n"
+                                             "model: {overrides: {dim: 64}}\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\ndata: {object_scale: 1.25}\n")
+    config = load_config(tmp_path / "c.yaml", ["optim.warmup=7"])
+    assert (config.task, config.steps, config.optim.lr, config.optim.warmup) == ("dit", 20, 2e-4, 7)
+    assert config.model.overrides == {"dim": 64, "num_heads": 2}  # merged, not replaced
+    assert config.data.object_scale == 1.25
+    (tmp_path / "a.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(CineforgeError, match="is its own base .*break the cycle"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(CineforgeError, match=r"config file not found: .*gone.yaml \(the base of"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_lr_schedule_warmup_then_cosine():
     optim = TrainConfig().optim  # lr factor: warmup 100, cosine to 0.1
     assert lr_factor(0, optim, 1000) == pytest.approx(0.01)

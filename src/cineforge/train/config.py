@@ -249,23 +249,47 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def read_tree(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
-    """The raw mapping of ``path`` (YAML; empty if None) with ``overrides`` applied."""
-    import yaml
-
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CineforgeError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise CineforgeError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise CineforgeError(f"{path} must hold a mapping of config keys")
+    """The raw mapping of ``path`` (YAML; empty if None) with ``overrides`` applied. A file
+    may start from another: ``base: other.yaml`` (relative to the file's folder) reads that
+    one first and merges this file's keys over it, section by section (lists and values are
+    replaced, not merged)."""
+    tree = _read_file_tree(Path(path), ()) if path is not None else {}
     for item in overrides:
         apply_override(tree, item)
     return tree
+
+
+def _read_file_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise CineforgeError(f"config file not found: {path}"
+                             + (f" (the base of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise CineforgeError(f"config {path} is its own base (through "
+                             f"{' -> '.join(p.name for p in chain)}); break the cycle")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CineforgeError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise CineforgeError(f"{path} must hold a mapping of config keys")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise CineforgeError(f"{path}: base must be a config file name, got {base!r}")
+    return _merged(_read_file_tree(path.parent / base, (*chain, path.resolve())), tree)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def apply_override(tree: dict[str, Any], item: str) -> None:

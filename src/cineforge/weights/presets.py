@@ -231,9 +231,11 @@ K5_T2I_LITE = dataclasses.replace(
 # demo_dit_t.yaml (adds the position table; to its step 1000, raw weights), demo_dit_k.yaml
 # (raw weights at its step 1000), demo_dit_w.yaml (EMA weights at its step 1500), then a
 # shape curriculum: demo_dit_s.yaml (raw, step 800), demo_dit_v.yaml (raw, step 1000),
-# demo_dit_s2.yaml (raw, step 400) and demo_dit_v2.yaml (EMA weights at its step 500;
-# docs/demo-training.md). The last stage's model config equals the JSON shipped beside the
-# weights (tests/test_demo_model.py).
+# demo_dit_s2.yaml (raw, step 400), demo_dit_v2.yaml (EMA weights at its step 500), then
+# with the flow loss weighted towards objects: demo_dit_o.yaml (EMA, step 800),
+# demo_dit_l.yaml (objects 1.25x larger; EMA, step 800) and demo_dit_l2.yaml (EMA weights at
+# its step 1500; docs/demo-training.md). The last stage's model config equals the JSON
+# shipped beside the weights (tests/test_demo_model.py).
 DEMO_DIT = dataclasses.replace(
     WAN_DIT_1_3B,
     dim=256,

@@ -137,12 +137,10 @@ class DiTTask:
     def loss(self, model: nn.Module, batch: list[list[CacheItem]],
              generator: torch.Generator) -> StepLoss:
         f = self.config.flow
-        weights = [[self._weights(item.latent) for item in items] for items in batch]
-        total = sum(w.expand_as(item.latent).sum() if w is not None else item.latent.numel()
-                    for items, ws in zip(batch, weights, strict=True)
-                    for item, w in zip(items, ws, strict=True))
+        weights = [self._weights(items) for items in batch]
+        total = sum(float(w.sum()) for w in weights)
         loss, parts, tokens = torch.zeros((), device=_device(model)), {}, 0
-        for items, ws in zip(batch, weights, strict=True):
+        for items, w in zip(batch, weights, strict=True):
             keep = caption_keep_mask(len(items), f.caption_dropout, generator)
             t = sample_times(len(items), generator, kind=f.timesteps, mean=f.mean, std=f.std,
                              shift=f.shift)
@@ -156,18 +154,18 @@ class DiTTask:
                                              torch.stack(context))
             kind = "pack" if f.packing else ShapeBuckets.kind(tuple(x0[0].shape))
             parts[f"loss_{kind}"] = errors.mean().item()
-            if ws[0] is not None:
-                w = torch.cat([wi.expand_as(x).flatten() for wi, x in zip(ws, x0, strict=True)])
-                errors = errors * w.to(errors.device).view(errors.shape)
-            loss = loss + errors.sum() / total
+            loss = loss + (errors * w.to(errors.device).view(errors.shape)).sum() / total
             tokens += sum(latent_tokens(tuple(x.shape), self.patch) for x in x0)
         return StepLoss(loss, parts, tokens)
 
-    def _weights(self, x0: torch.Tensor) -> torch.Tensor | None:
+    def _weights(self, items: list[CacheItem]) -> torch.Tensor:
+        """Per-element loss weights of a sub-batch, flattened in item order: all 1, or the
+        clean latents' detail weights (``flow.detail_weight``)."""
         f = self.config.flow
-        if not f.detail_weight:
-            return None
-        return latent_detail_weights(x0, f.detail_weight, f.detail_threshold)
+        return torch.cat([
+            (latent_detail_weights(i.latent, f.detail_weight, f.detail_threshold)
+             .expand_as(i.latent) if f.detail_weight else torch.ones_like(i.latent)).flatten()
+            for i in items])
 
     @staticmethod
     def _padded_errors(model, x0, noise, t, context) -> torch.Tensor:

@@ -9,7 +9,7 @@ sub-batch
     loss_k = l1 * mean|x - x'| + mse * mean (x - x')^2 + kl * mean KL(N(mu, sigma) || N(0, 1))
 
 (with ``vae.detail_weight`` > 0 the two reconstruction means are weighted per pixel by
-``train.saliency.detail_weights``: small objects on large smooth backgrounds otherwise barely move a
+``pixel_detail_weights``: small objects on large smooth backgrounds otherwise barely move a
 pixel-mean loss, and the demo VAE learned shapes and motion long before object colours)
 
 and the step's loss is the mean of the sub-batch losses weighted by their pixel counts

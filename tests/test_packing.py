@@ -35,11 +35,12 @@ def _gen(seed: int) -> torch.Generator:
 
 
 @functools.cache
-def _model(abs_position: bool = False, table: tuple[int, ...] = ()) -> WanDiT:
+def _model(abs_position: bool = False, table: tuple[int, ...] = (),
+           pooled_text: bool = False) -> WanDiT:
     """WAN_DIT_TINY with the release's init, then every parameter perturbed (so the zero
     output layer and unit norms do not hide a mistake)."""
     config = dataclasses.replace(WAN_DIT_TINY, abs_position=abs_position,
-                                 abs_position_table=table)
+                                 abs_position_table=table, pooled_text=pooled_text)
     model = WanDiT(config).init_weights(_gen(0))
     g = _gen(1)
     with torch.no_grad():
@@ -62,11 +63,14 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize(("abs_position", "table"), [(False, ()), (True, ()), (False, (5, 4, 6))],
-                         ids=["rope", "rope+abs_position", "rope+position_table"])
+@pytest.mark.parametrize(("abs_position", "table", "pooled"),
+                         [(False, (), False), (True, (), False), (False, (5, 4, 6), False),
+                          (False, (), True)],
+                         ids=["rope", "rope+abs_position", "rope+position_table",
+                              "rope+pooled_text"])
 @pytest.mark.parametrize("pad", [True, False], ids=["padded_text", "trimmed_text"])
-def test_forward_packed_equals_forward_per_item(pad, abs_position, table):
-    model = _model(abs_position, table)
+def test_forward_packed_equals_forward_per_item(pad, abs_position, table, pooled):
+    model = _model(abs_position, table, pooled)
     latents, t, contexts = _inputs(pad)
     with torch.no_grad():
         packed = model.forward_packed(latents, t, contexts)

@@ -24,6 +24,7 @@ from cineforge.models.wan_dit import (
     WanDiTConfig,
     abs_position_features,
     pad_context,
+    pool_text,
     wan_dit_flops,
 )
 from cineforge.weights.keymap import check_state_dict, load_strict
@@ -280,6 +281,31 @@ def test_position_table_gives_each_token_its_own_vector():
             model(torch.randn(1, 16, 4, 8, 12), 0.6, context[:1])
     with pytest.raises(ValueError, match="abs_position_table"):
         dataclasses.replace(WAN_DIT_TINY, abs_position_table=(3, 4))
+
+
+def test_pooled_text_adds_the_mean_text_state_to_the_time_embedding():
+    """``pooled_text``: a fresh model equals one without it (zero output layer); trained, it
+    adds ``MLP(mean of the non-padding text rows)`` to e, so zero padding does not change it."""
+    config = dataclasses.replace(WAN_DIT_TINY, pooled_text=True)
+    model = WanDiT(config).init_weights(_gen(10))
+    plain = WanDiT(WAN_DIT_TINY)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("text_pool_embedding.")})
+    for m in (model, plain):
+        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(11))
+    g = _gen(12)
+    x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
+    padded = pad_context(context, config.text_len)
+    with torch.no_grad():
+        assert torch.equal(model(x, 0.6, padded), plain(x, 0.6, padded))
+        nn.init.normal_(model.text_pool_embedding[2].weight, std=0.5, generator=_gen(13))
+        assert (model(x, 0.6, padded) - plain(x, 0.6, padded)).abs().max() > 1e-2
+        t = torch.full((2,), 0.6)
+        pooled = pool_text(padded)
+        torch.testing.assert_close(pooled, context.mean(1), rtol=0, atol=1e-6)
+        e, _ = model._time_embedding(t)
+        e_text, _ = model._time_embedding(t, pooled)
+        torch.testing.assert_close(e_text - e, model.text_pool_embedding(context.mean(1)))
 
 
 def test_bad_inputs_and_configs_raise():

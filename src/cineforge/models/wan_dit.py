@@ -89,6 +89,11 @@ class WanDiTConfig:
     # it learned caption-dependent motion in 100 steps where the per-axis sum had not in 900
     # (docs/demo-training.md, session 5). () is off.
     abs_position_table: tuple[int, ...] = ()
+    # cineforge extension: add a function of the mean text state (over the non-padding rows)
+    # to the time embedding, so the caption also reaches every token through the modulation,
+    # as the pooled text vector does in Kandinsky 5, SD3 and Flux. The MLP's output layer
+    # starts at zero, so a model trained without it starts out unchanged.
+    pooled_text: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim",
@@ -259,6 +264,10 @@ class WanDiT(nn.Module):
         self.time_embedding = nn.Sequential(
             nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
         )
+        if c.pooled_text:
+            self.text_pool_embedding = nn.Sequential(
+                nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
+            )
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
         self.blocks = nn.ModuleList(WanBlock(c, attention) for _ in range(c.num_layers))
         self.head = WanHead(c)
@@ -277,8 +286,9 @@ class WanDiT(nn.Module):
         dtype = self.patch_embedding.weight.dtype
 
         tokens = self._patchify(x) + self._abs_position([grid], x.device)
+        pooled = pool_text(context) if c.pooled_text else None
         context = self.text_embedding(context.to(dtype))
-        e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]))
+        e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), pooled)
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
 
         tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
@@ -315,8 +325,10 @@ class WanDiT(nn.Module):
 
         tokens = torch.cat([self._patchify(x[None]) for x in latents], dim=1)  # 1, L, dim
         tokens = tokens + self._abs_position(grids, device)
+        pooled = torch.stack([pool_text(ctx[None])[0] for ctx in contexts]) if c.pooled_text \
+            else None
         context = self.text_embedding(torch.cat(contexts).to(dtype)[None])  # 1, M, dim
-        e, e0 = self._time_embedding(t)
+        e, e0 = self._time_embedding(t, pooled)
         item = segment_ids(lengths, device)
         e, e0 = e[item][None], e0[item][None]  # per token: 1, L, dim and 1, L, 6, dim
         cis = packed_rope_cis(grids, wan_rope_axis_dims(c.head_dim), c.rope_theta, device)
@@ -362,12 +374,17 @@ class WanDiT(nn.Module):
                                      for g in grids])[None]
         return term
 
-    def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flow times (N,) -> e (N, dim) and e0 (N, 6, dim), fp32, autocast off."""
+    def _time_embedding(
+        self, t: torch.Tensor, pooled: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow times (N,) and mean text states (N, text_dim; with ``pooled_text``) -> e
+        (N, dim) and e0 (N, 6, dim), fp32, autocast off."""
         c, dtype = self.config, self.patch_embedding.weight.dtype
         with torch.autocast(t.device.type, enabled=False):
             scaled = t.to(torch.float64) * c.timestep_scale
             e = self.time_embedding(timestep_sinusoid(scaled, c.freq_dim).to(dtype)).float()
+            if pooled is not None:
+                e = e + self.text_pool_embedding(pooled.to(dtype)).float()
             e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, c.dim))
         return e, e0
 
@@ -425,11 +442,21 @@ class WanDiT(nn.Module):
         for table in [b.modulation for b in self.blocks] + [self.head.modulation]:
             nn.init.normal_(table, std=self.config.dim**-0.5, generator=generator)
         nn.init.zeros_(self.head.head.weight)
+        if self.config.pooled_text:  # starts as a no-op (see ``pooled_text``)
+            nn.init.zeros_(self.text_pool_embedding[2].weight)
         if self.config.abs_position:  # present from the first step (see ``abs_position``)
             nn.init.xavier_uniform_(self.pos_embedding.weight, gain=0.5, generator=generator)
         if self.config.abs_position_table:
             nn.init.normal_(self.pos_table, std=0.3, generator=generator)
         return self
+
+
+def pool_text(context: torch.Tensor) -> torch.Tensor:
+    """Mean over the rows of ``context`` (B, L, text_dim) that are not all zero (the zero
+    padding of ``pad_context``), in fp32: B, text_dim."""
+    context = context.float()
+    rows = (context != 0).any(-1, keepdim=True).float()  # B, L, 1
+    return (context * rows).sum(1) / rows.sum(1).clamp(min=1.0)
 
 
 ABS_POSITION_FEATURES = 32  # per axis: 16 frequencies, cos and sin

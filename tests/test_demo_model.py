@@ -50,7 +50,7 @@ def test_demo_files_are_fp16_under_40_mb_and_match_the_preset():
 
 def test_last_demo_training_stage_builds_the_shipped_dit():
     """The preset's comment names the config chain; its last stage trained the shipped DiT."""
-    config, preset = load_config(ROOT / "configs" / "demo_dit_l2.yaml"), get_preset("demo")
+    config, preset = load_config(ROOT / "configs" / "demo_dit_p4.yaml"), get_preset("demo")
     assert dit_config(config.model.name, config.model.overrides) == preset.dit
     assert config.flow.frame_noise_share == preset.sampler.frame_noise_share
 
@@ -66,9 +66,9 @@ def test_readme_main_command_makes_the_prompted_video_offline(tmp_path):
     frames, fps = read_video(out)
     assert frames.shape == (17, 64, 64, 3) and fps == 8
     found = analyze_clip(frames)  # "a red circle moves to the right"
-    # The shipped model follows colour and motion (`cineforge eval shapes -n 100`: 100 % and
-    # 86 % held-in), shape only partly (54 %, chance 25 %): docs/demo-training.md. Shape joins
-    # this check when a model that draws it reliably ships.
+    # The shipped model follows colour and motion (`cineforge eval shapes -n 200`: 100 % and
+    # 82 % held-in) and shape less reliably (78 %, chance 25 %): docs/demo-training.md. This
+    # prompt at seed 0 comes out a squarish blob, so shape is not checked here.
     assert found.found and found.colour == "red" and found.motion == "right", found
 
 

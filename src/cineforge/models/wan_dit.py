@@ -27,7 +27,8 @@ With a NABLA backend, ``forward`` runs the blocks in tile order (``models.sparse
 self-attention is block-sparse, cross-attention is dense SDPA; ``forward_packed`` refuses NABLA.
 
 ``abs_position`` (a cineforge extension, off for every official config) adds a learned
-function of each token's absolute (frame, row, column) index to the patch tokens.
+function of each token's absolute (frame, row, column) index to the patch tokens;
+``pooled_text`` (likewise) adds an MLP of the mean text state to ``e`` before the projection.
 
 Module names equal the official release's (``wan/modules/model.py``), so official weights
 load through a near-identity key map.

@@ -233,9 +233,11 @@ K5_T2I_LITE = dataclasses.replace(
 # shape curriculum: demo_dit_s.yaml (raw, step 800), demo_dit_v.yaml (raw, step 1000),
 # demo_dit_s2.yaml (raw, step 400), demo_dit_v2.yaml (EMA weights at its step 500), then
 # with the flow loss weighted towards objects: demo_dit_o.yaml (EMA, step 800),
-# demo_dit_l.yaml (objects 1.25x larger; EMA, step 800) and demo_dit_l2.yaml (EMA weights at
-# its step 1500; docs/demo-training.md). The last stage's model config equals the JSON
-# shipped beside the weights (tests/test_demo_model.py).
+# demo_dit_l.yaml (objects 1.25x larger; EMA, step 800), demo_dit_l2.yaml (EMA, step 1500),
+# demo_dit_l3.yaml (EMA, step 2000), demo_dit_p3.yaml (adds the pooled caption to the time
+# embedding; EMA, step 1500) and demo_dit_p4.yaml (EMA weights at its step 1500;
+# docs/demo-training.md). The last stage's model config equals the JSON shipped beside the
+# weights (tests/test_demo_model.py).
 DEMO_DIT = dataclasses.replace(
     WAN_DIT_1_3B,
     dim=256,
@@ -246,6 +248,7 @@ DEMO_DIT = dataclasses.replace(
     patch_size=(1, 2, 2),
     text_len=64,
     abs_position_table=(5, 8, 8),  # learned per-token positions: 5 latent frames x 8 x 8
+    pooled_text=True,  # the mean caption state also modulates every block
 )
 DEMO_VAE = CompactVAEConfig(
     widths=(32, 64, 64), z_dim=16, frames_per_latent=4,

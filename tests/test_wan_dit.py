@@ -222,20 +222,27 @@ def test_init_weights_is_reproducible_and_zero_velocity():
     assert out.shape == (1, 16, 1, 4, 4) and out.abs().max() == 0
 
 
+def _extension_pair(seed: int, prefix: str, **extension) -> tuple[WanDiT, WanDiT]:
+    """WAN_DIT_TINY with a cineforge extension (release init from ``seed``), and the plain model
+    with the same weights minus the keys starting with ``prefix``; both output layers are
+    randomised alike, so the zero-initialised head hides no difference."""
+    model = WanDiT(dataclasses.replace(WAN_DIT_TINY, **extension)).init_weights(_gen(seed))
+    plain = WanDiT(WAN_DIT_TINY)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith(prefix)})
+    for m in (model, plain):
+        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(seed + 1))
+    return model, plain
+
+
 def test_abs_position_is_an_added_term_that_marks_each_axis():
     """``abs_position`` (cineforge's extension): with ``pos_embedding`` zeroed the model equals
     the plain one with the same weights; initialised, the term varies by about 0.3 per channel
     between tokens, so a token's output depends on its absolute index from the first step; the
     features are raster-ordered sinusoids of (frame, row, col)."""
-    config = dataclasses.replace(WAN_DIT_TINY, abs_position=True)
-    model = WanDiT(config).init_weights(_gen(7))
+    model, plain = _extension_pair(7, "pos_embedding.", abs_position=True)
     term = model._abs_position([(3, 4, 6)], torch.device("cpu"))[0]  # L, dim
     assert 0.1 < term.std(0).mean() < 0.6
-    plain = WanDiT(WAN_DIT_TINY)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items()
-                           if not k.startswith("pos_embedding.")})
-    for m in (model, plain):
-        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(8))
     g = _gen(9)
     x, context = torch.randn(2, 16, 3, 4, 6, generator=g), torch.randn(2, 5, 32, generator=g)
     t = torch.tensor(0.6)
@@ -259,17 +266,12 @@ def test_abs_position_is_an_added_term_that_marks_each_axis():
 def test_position_table_gives_each_token_its_own_vector():
     """``abs_position_table``: token (f, y, x) of any grid that fits gets table[f, y, x] added
     to its patch embedding; a larger grid is refused with the table's size in the message."""
-    config = dataclasses.replace(WAN_DIT_TINY, abs_position_table=(3, 4, 6))
-    model = WanDiT(config).init_weights(_gen(7))
+    model, plain = _extension_pair(7, "pos_table", abs_position_table=(3, 4, 6))
     table = model.pos_table.detach()
     assert 0.2 < table.std() < 0.4
     term = model._abs_position([(3, 4, 6), (1, 2, 3)], torch.device("cpu"))[0]
     torch.testing.assert_close(term[:72], table.reshape(72, -1), rtol=0, atol=0)
     torch.testing.assert_close(term[72:], table[0, :2, :3].reshape(6, -1), rtol=0, atol=0)
-    plain = WanDiT(WAN_DIT_TINY)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "pos_table"})
-    for m in (model, plain):
-        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(8))
     g = _gen(9)
     x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
     with torch.no_grad():
@@ -286,16 +288,10 @@ def test_position_table_gives_each_token_its_own_vector():
 def test_pooled_text_adds_the_mean_text_state_to_the_time_embedding():
     """``pooled_text``: a fresh model equals one without it (zero output layer); trained, it
     adds ``MLP(mean of the non-padding text rows)`` to e, so zero padding does not change it."""
-    config = dataclasses.replace(WAN_DIT_TINY, pooled_text=True)
-    model = WanDiT(config).init_weights(_gen(10))
-    plain = WanDiT(WAN_DIT_TINY)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items()
-                           if not k.startswith("text_pool_embedding.")})
-    for m in (model, plain):
-        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(11))
+    model, plain = _extension_pair(10, "text_pool_embedding.", pooled_text=True)
     g = _gen(12)
     x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
-    padded = pad_context(context, config.text_len)
+    padded = pad_context(context, WAN_DIT_TINY.text_len)
     with torch.no_grad():
         assert torch.equal(model(x, 0.6, padded), plain(x, 0.6, padded))
         nn.init.normal_(model.text_pool_embedding[2].weight, std=0.5, generator=_gen(13))

@@ -56,6 +56,7 @@ from cineforge.models.nabla import NablaGrid
 from cineforge.models.packing import block_diagonal_mask, check_pack, packed_rope_cis, segment_ids
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
 from cineforge.models.sparse_layout import self_attention_layout, uses_tile_order
+from cineforge.models.text_encoders import TextStates, mean_pool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -454,10 +455,9 @@ class WanDiT(nn.Module):
 
 def pool_text(context: torch.Tensor) -> torch.Tensor:
     """Mean over the rows of ``context`` (B, L, text_dim) that are not all zero (the zero
-    padding of ``pad_context``), in fp32: B, text_dim."""
+    padding of ``pad_context``; the DiT gets no text mask), in fp32: B, text_dim."""
     context = context.float()
-    rows = (context != 0).any(-1, keepdim=True).float()  # B, L, 1
-    return (context * rows).sum(1) / rows.sum(1).clamp(min=1.0)
+    return mean_pool(TextStates(context, (context != 0).any(-1)), normalize=False)
 
 
 ABS_POSITION_FEATURES = 32  # per axis: 16 frequencies, cos and sin

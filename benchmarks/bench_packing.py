@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from cineforge.models.packing import patch_tokens
-from cineforge.models.wan_dit import WanDiT, WanDiTConfig
+from cineforge.families.wan.dit import WanDiT, WanDiTConfig
 from cineforge.train.packing import TokenPacker, fill_ratio
 
 CONFIG = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=4, freq_dim=256,

@@ -49,9 +49,9 @@ def _decoders(impls: tuple[str, ...]):
     import torch
     from diffusers import AutoencoderKLWan
 
-    from cineforge.models.wan_vae import WAN_VAE_2_1, WanVAE
+    from cineforge.families.wan.vae import WAN_VAE_2_1, WanVAE
     from cineforge.weights.keymap import load_strict
-    from cineforge.weights.wan_vae_keys import WAN_VAE_FROM_DIFFUSERS
+    from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS
 
     torch.manual_seed(0)
     ref = AutoencoderKLWan().eval()

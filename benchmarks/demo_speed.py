@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cineforge.pipelines.t2v import TextToVideo, VideoRequest
+from cineforge.families.wan.pipeline import TextToVideo, VideoRequest
 from cineforge.weights.loader import load_pipeline_components
 from cineforge.weights.presets import get_preset
 

@@ -11,8 +11,8 @@ import torch
 
 from cineforge.cli.main import main
 from cineforge.io.video import read_video
-from cineforge.models.wan_dit import WanDiT
-from cineforge.models.wan_vae import WanVAE
+from cineforge.families.wan.dit import WanDiT
+from cineforge.families.wan.vae import WanVAE
 from cineforge.weights.loader import save_components
 from cineforge.weights.presets import get_preset
 from oracles import perturb

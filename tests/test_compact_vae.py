@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cineforge.errors import CineforgeError
-from cineforge.models.compact_vae import COMPACT_VAE_TINY, CompactVAE, CompactVAEConfig
+from cineforge.families.demo.vae import COMPACT_VAE_TINY, CompactVAE, CompactVAEConfig
 from cineforge.train.export import load_vae, read_vae_config, save_weights
 from cineforge.train.vae_task import vae_config
 from cineforge.weights.files import write_model_config

@@ -14,13 +14,13 @@ from safetensors import safe_open
 
 from cineforge.eval.shapes import analyze_clip
 from cineforge.io.video import read_video
-from cineforge.models.wan_dit import WanDiTConfig
+from cineforge.families.demo.dit import DemoDiTConfig
+from cineforge.families.demo.vae import CompactVAEConfig
+from cineforge.families.family import ASSETS
+from cineforge.families.registry import get_preset
 from cineforge.train.config import load_config
-from cineforge.train.dit_task import dit_config
-from cineforge.train.export import read_vae_config
+from cineforge.train.models import model_config
 from cineforge.weights.files import read_model_config
-from cineforge.weights.loader import ASSETS
-from cineforge.weights.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ASSETS / "demo"
@@ -43,15 +43,15 @@ def test_demo_files_are_fp16_under_40_mb_and_match_the_preset():
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
         assert dtypes == {"F16"}, (name, dtypes)
     preset = get_preset("demo")
-    assert read_model_config(WanDiTConfig, files["dit.json"]) == preset.dit
-    assert read_vae_config(files["vae.json"]) == preset.vae
-    assert preset.embedded == "demo" and preset.text_encoder == "minilm"
+    assert read_model_config(DemoDiTConfig, files["dit.json"]) == preset.dit
+    assert read_model_config(CompactVAEConfig, files["vae.json"]) == preset.vae
+    assert preset.embedded == "demo" and preset.text.name == "minilm"
 
 
 def test_last_demo_training_stage_builds_the_shipped_dit():
     """The preset's comment names the config chain; its last stage trained the shipped DiT."""
     config, preset = load_config(ROOT / "configs" / "demo_dit_p4.yaml"), get_preset("demo")
-    assert dit_config(config.model.name, config.model.overrides) == preset.dit
+    assert model_config(config.model, "dit") == (preset.family, preset.dit)
     assert config.flow.frame_noise_share == preset.sampler.frame_noise_share
 
 
@@ -73,12 +73,11 @@ def test_readme_main_command_makes_the_prompted_video_offline(tmp_path):
 
 
 def test_demo_generation_reproduces_per_seed():
-    from cineforge.pipelines.select import pipeline_for
-    from cineforge.pipelines.t2v import VideoRequest
-    from cineforge.weights.loader import load_pipeline_components
+    from cineforge.families.family import load_components
+    from cineforge.pipelines.common import VideoRequest
 
     preset = get_preset("demo")
-    pipe = pipeline_for(preset, load_pipeline_components(preset, None))
+    pipe = preset.family.make_pipeline(load_components(preset, None))
     s = preset.sampler
     request = VideoRequest(prompt="a blue square moves up", width=64, height=64, frames=17,
                            steps=4, guidance=s.guidance, shift=s.shift, seed=3)

@@ -16,14 +16,14 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from cineforge.errors import CineforgeError
-from cineforge.models.flux_vae import (
+from cineforge.families.kandinsky5.flux_vae import (
     FLUX1_VAE,
     FLUX_VAE,
     FLUX_VAE_TINY,
     FluxVAE,
     FluxVAEConfig,
 )
-from cineforge.weights.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS, FLUX_VAE_FROM_OFFICIAL
+from cineforge.families.kandinsky5.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS, FLUX_VAE_FROM_OFFICIAL
 from cineforge.weights.keymap import load_strict
 from oracles import perturb
 

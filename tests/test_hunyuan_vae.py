@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
 from cineforge.errors import CineforgeError
-from cineforge.models.hunyuan_vae import (
+from cineforge.families.kandinsky5.hunyuan_vae import (
     DIFFUSERS_TILING,
     HUNYUAN_VAE,
     HUNYUAN_VAE_TINY,
@@ -22,7 +22,7 @@ from cineforge.models.hunyuan_vae import (
     HunyuanVAE,
     HunyuanVAEConfig,
 )
-from cineforge.weights.hunyuan_vae_keys import (
+from cineforge.families.kandinsky5.hunyuan_vae_keys import (
     HUNYUAN_VAE_FROM_DIFFUSERS,
     HUNYUAN_VAE_FROM_OFFICIAL,
 )

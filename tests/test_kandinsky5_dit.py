@@ -12,7 +12,7 @@ from diffusers import Kandinsky5Transformer3DModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cineforge.errors import CineforgeError
-from cineforge.models.kandinsky5_dit import (
+from cineforge.families.kandinsky5.dit import (
     K5_DIT_IMAGE_LITE,
     K5_DIT_TINY,
     K5_DIT_VIDEO_LITE,
@@ -21,7 +21,7 @@ from cineforge.models.kandinsky5_dit import (
     Kandinsky5DiTConfig,
     kandinsky5_dit_flops,
 )
-from cineforge.weights.kandinsky5_keys import K5_DIT_FROM_DIFFUSERS, K5_DIT_FROM_OFFICIAL
+from cineforge.families.kandinsky5.dit_keys import K5_DIT_FROM_DIFFUSERS, K5_DIT_FROM_OFFICIAL
 from cineforge.weights.keymap import check_state_dict, load_strict
 
 PARITY_TOL = 1e-4

@@ -14,9 +14,9 @@ from diffusers import AutoencoderKL, AutoencoderKLHunyuanVideo, Kandinsky5Transf
 from cineforge.cli.main import main
 from cineforge.errors import CineforgeError
 from cineforge.io.video import read_video
-from cineforge.models.flux_vae import FLUX_VAE, FLUX_VAE_TINY, FluxVAE
-from cineforge.models.hunyuan_vae import HUNYUAN_VAE, HUNYUAN_VAE_TINY, HunyuanVAE
-from cineforge.models.kandinsky5_dit import K5_DIT_TINY, Kandinsky5DiT
+from cineforge.families.kandinsky5.flux_vae import FLUX_VAE, FLUX_VAE_TINY, FluxVAE
+from cineforge.families.kandinsky5.hunyuan_vae import HUNYUAN_VAE, HUNYUAN_VAE_TINY, HunyuanVAE
+from cineforge.families.kandinsky5.dit import K5_DIT_TINY, Kandinsky5DiT
 from cineforge.models.text_encoders import (
     K5_IMAGE_TEMPLATE,
     K5_VIDEO_TEMPLATE,
@@ -25,7 +25,7 @@ from cineforge.models.text_encoders import (
     Qwen25VLTextEncoder,
 )
 from cineforge.pipelines.common import VideoRequest
-from cineforge.pipelines.kandinsky5 import Kandinsky5
+from cineforge.families.kandinsky5.pipeline import Kandinsky5
 from cineforge.pipelines.select import check_preset_request
 from cineforge.weights import loader
 from cineforge.weights.loader import Components, detect_layout, load_model

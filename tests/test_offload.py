@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cineforge.errors import CineforgeError
-from cineforge.models.wan_dit import WAN_DIT_TINY, WanDiT
+from cineforge.families.wan.dit import WAN_DIT_TINY, WanDiT
 from cineforge.weights.offload import BlockOffload, BlockStreamer, ModelOffload, make_placement
 from oracles import perturb
 

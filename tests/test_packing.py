@@ -20,7 +20,7 @@ from cineforge.models.packing import (
     segment_ids,
 )
 from cineforge.models.rope import rope_cis_3d, wan_rope_axis_dims
-from cineforge.models.wan_dit import WAN_DIT_TINY, WanBlock, WanDiT, pad_context
+from cineforge.families.wan.dit import WAN_DIT_TINY, WanBlock, WanDiT, pad_context
 from cineforge.train.packing import TokenPacker, fill_ratio, pack_indices
 
 TOL = 1e-5

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from cineforge.errors import CineforgeError
-from cineforge.train.config import TrainConfig, load_config
-from cineforge.train.dit_task import dit_config
+from cineforge.train.config import ModelSpec, TrainConfig, load_config
 from cineforge.train.flow import caption_keep_mask, flow_pair, sample_times
+from cineforge.train.models import model_config
 from cineforge.train.optim import lr_factor
-from cineforge.train.vae_task import vae_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -23,8 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.task == name.split("_")[1]
-    build = vae_config if config.task == "vae" else dit_config
-    build(config.model.name, config.model.overrides)  # the model config is valid too
+    model_config(config.model, config.task)  # the model config is valid too
 
 
 def test_yaml_then_dotted_overrides(tmp_path):
@@ -65,15 +63,22 @@ def test_config_errors_name_the_problem(override, message):
 
 
 def test_model_override_errors():
+    def dit(preset: str, **overrides):
+        return model_config(ModelSpec(preset, overrides), "dit")[1]
+
     with pytest.raises(CineforgeError, match="unknown WanDiTConfig field 'dims'.*valid: dim"):
-        dit_config("tiny", {"dims": 3})
+        dit("wan2.1-t2v-tiny", dims=3)
     with pytest.raises(CineforgeError, match="not divisible by num_heads"):
-        dit_config("tiny", {"dim": 33})
-    with pytest.raises(CineforgeError, match="unknown DiT model 'huge'"):
-        dit_config("huge", {})
+        dit("wan2.1-t2v-tiny", dim=33)
+    with pytest.raises(CineforgeError, match="unknown preset 'huge'"):
+        dit("huge")
+    with pytest.raises(CineforgeError, match="unknown DemoDiTConfig field 'abs_position'"):
+        dit("demo", abs_position=True)
     # lists from YAML become tuples; the latent statistics follow z_dim
-    config = vae_config("tiny", {"dim_mult": [1, 2, 2, 2], "z_dim": 8})
+    family, config = model_config(ModelSpec("wan2.1-t2v-tiny",
+                                            {"dim_mult": [1, 2, 2, 2], "z_dim": 8}), "vae")
     assert config.dim_mult == (1, 2, 2, 2) and config.latents_std == (1.0,) * 8
+    assert family.name == "wan2.1"
 
 
 def test_missing_config_file(tmp_path):
@@ -83,7 +88,7 @@ def test_missing_config_file(tmp_path):
 
 def test_base_config_is_merged_section_by_section(tmp_path):
     (tmp_path / "a.yaml").write_text("task: dit\nsteps: 10\noptim: {lr: 1.0e-3, warmup: 5}\n"
-                                      "model: {name: tiny, overrides: {dim: 32, num_heads: 2}}\n")
+                                      "model: {preset: wan2.1-t2v-tiny, overrides: {dim: 32, num_heads: 2}}\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nsteps: 20\noptim: {lr: 2.0e-4}\n"
                                              "model: {overrides: {dim: 64}}\n")

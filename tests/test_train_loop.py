@@ -15,8 +15,8 @@ from cineforge.cli.main import main
 from cineforge.data.latents import LatentCache, build_latent_cache
 from cineforge.errors import CineforgeError
 from cineforge.models.text_encoders import TextStates
-from cineforge.models.wan_dit import WanDiTConfig
-from cineforge.models.wan_vae import WanVAE, WanVAEConfig
+from cineforge.families.wan.dit import WanDiTConfig
+from cineforge.families.wan.vae import WanVAE, WanVAEConfig
 from cineforge.train.config import load_config
 from cineforge.train.data import shapes_world
 from cineforge.train.dit_task import VAL_TIMES, latent_detail_weights

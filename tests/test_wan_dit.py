@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import register_attention_backend
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
-from cineforge.models.wan_dit import (
+from cineforge.families.wan.dit import (
     ABS_POSITION_FEATURES,
     WAN_DIT_1_3B,
     WAN_DIT_14B,
@@ -28,7 +28,7 @@ from cineforge.models.wan_dit import (
     wan_dit_flops,
 )
 from cineforge.weights.keymap import check_state_dict, load_strict
-from cineforge.weights.wan_dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL
+from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL
 
 PARITY_TOL = 1e-4
 

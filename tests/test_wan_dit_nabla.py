@@ -22,7 +22,7 @@ from cineforge.models.nabla import (
     sta_block_map,
 )
 from cineforge.models.sparse_layout import self_attention_layout
-from cineforge.models.wan_dit import WAN_DIT_TINY, WanDiT
+from cineforge.families.wan.dit import WAN_DIT_TINY, WanDiT
 
 TEXT_LEN = 6
 

@@ -11,11 +11,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from safetensors.torch import save_file
 
 from cineforge.errors import CineforgeError
-from cineforge.models.wan_dit import WanDiT
-from cineforge.models.wan_vae import WanVAE
+from cineforge.families.wan.dit import WanDiT
+from cineforge.families.wan.vae import WanVAE
 from cineforge.weights.loader import detect_layout, load_model, load_pipeline_components
 from cineforge.weights.presets import get_preset
-from cineforge.weights.wan_vae_keys import WAN_VAE_FROM_OFFICIAL
+from cineforge.families.wan.vae_keys import WAN_VAE_FROM_OFFICIAL
 from oracles import official_vae_state_dict, perturb, tiny_wan_transformer, tiny_wan_vae
 
 PRESET = get_preset("wan2.1-t2v-tiny")

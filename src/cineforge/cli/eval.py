@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from cineforge.data.shapes import heldin_prompts, heldout_prompts, render, to_video_tensor
 from cineforge.eval.shapes import ShapesScore, score_clips
+from cineforge.families.family import Preset, load_components
+from cineforge.families.registry import get_preset
 from cineforge.io.video import to_uint8_frames
-from cineforge.pipelines.t2v import TextToVideo, VideoRequest
-from cineforge.weights.loader import load_pipeline_components
-from cineforge.weights.presets import Preset, get_preset
+from cineforge.pipelines.common import FlowPipeline, VideoRequest
 
 
 def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> list:
@@ -35,7 +35,7 @@ def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> li
     return specs[:n]
 
 
-def generate_clips(pipe: TextToVideo, specs, request: VideoRequest, batch: int, desc: str):
+def generate_clips(pipe: FlowPipeline, specs, request: VideoRequest, batch: int, desc: str):
     """One clip per spec, from its caption; with ``request.strength < 1`` each starts from the
     spec's own ground-truth clip (video-to-video)."""
     for start in tqdm(range(0, len(specs), batch), desc=desc, unit="batch", leave=False):
@@ -50,31 +50,20 @@ def generate_clips(pipe: TextToVideo, specs, request: VideoRequest, batch: int, 
 
 def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
     preset = get_preset(args.preset)
-    s = preset.sampler
-    request = VideoRequest(
-        prompt="-",
-        width=preset.width,
-        height=preset.height,
-        frames=preset.frames,
-        steps=args.steps or s.steps,
-        guidance=s.guidance if args.guidance is None else args.guidance,
-        shift=s.shift if args.shift is None else args.shift,
-        negative=s.negative,
-        solver=s.solver,
-        frame_noise_share=s.frame_noise_share if args.frame_noise is None else args.frame_noise,
-        seed=args.seed,
-        strength=args.strength,
-    )
+    request = preset.request("-", steps=args.steps, guidance=args.guidance, shift=args.shift,
+                             frame_noise_share=args.frame_noise, seed=args.seed,
+                             strength=args.strength)
     layout = args.layout if args.strength < 1 else "free"  # from noise the layout is the model's
-    components = load_pipeline_components(preset, args.weights)
+    components = load_components(preset, args.weights)
     models = {preset.name: components}
     if not args.no_baseline:
         torch.manual_seed(args.seed)
-        random_dit = type(components.dit)(components.dit.config).eval().requires_grad_(False)
-        models["random weights"] = dataclasses.replace(components, dit=random_dit)
+        random_dit = preset.family.build("dit", components.dit.config)
+        models["random weights"] = dataclasses.replace(
+            components, dit=random_dit.eval().requires_grad_(False))
     rows = []
     for name, parts in models.items():
-        pipe = TextToVideo(parts)
+        pipe = preset.family.make_pipeline(parts)
         for split in ("held-in", "held-out"):
             specs = prompt_specs(split, args.n, preset, layout)
             clips = generate_clips(pipe, specs, request, args.batch, f"{name} {split}")
@@ -86,7 +75,7 @@ def run_text_use(args: argparse.Namespace):
     from cineforge.eval.text_use import text_use
 
     preset = get_preset(args.preset)
-    pipe = TextToVideo(load_pipeline_components(preset, args.weights))
+    pipe = preset.family.make_pipeline(load_components(preset, args.weights))
     share = preset.sampler.frame_noise_share if args.frame_noise is None else args.frame_noise
     specs = prompt_specs("held-in", args.n, preset, args.layout)
     return text_use(pipe, specs, seed=args.seed, batch=args.batch, frame_noise_share=share)

@@ -1,4 +1,5 @@
-"""``cineforge generate``: resolve options against the preset, load, run, write."""
+"""``cineforge generate``: options -> the preset's request (checked before any loading) ->
+``cineforge.load_pipeline`` -> the video file."""
 
 from __future__ import annotations
 
@@ -7,55 +8,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cineforge.api import load_pipeline
 from cineforge.cli.options import GenerateOptions, check_prompt
 from cineforge.errors import CineforgeError
-from cineforge.io.video import from_uint8_frames, read_video, write_video
+from cineforge.families.registry import get_preset
+from cineforge.io.video import from_uint8_frames, read_video
 from cineforge.pipelines.common import VideoRequest
-from cineforge.pipelines.select import check_preset_request, pipeline_for
-from cineforge.weights.loader import load_pipeline_components
-from cineforge.weights.offload import make_placement
-from cineforge.weights.presets import get_preset
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_STRENGTH = 0.7  # video-to-video: share of the steps run from the noised video
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CineforgeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CineforgeError(
-            "--device cuda asked for, but no CUDA GPU is visible; use --device cpu"
-        )
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":  # bf16 matmul on CPU is ~500x slower than fp32 (DESIGN.md)
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
 
 
 def build_request(opts: GenerateOptions) -> VideoRequest:
     preset = get_preset(opts.preset)
-    width, height = opts.size or (preset.width, preset.height)
-    s = preset.sampler
-    return VideoRequest(
-        prompt=check_prompt(opts.prompt),
-        negative=s.negative if opts.negative is None else opts.negative,
-        width=width,
-        height=height,
-        frames=preset.frames if opts.frames is None else opts.frames,
-        steps=s.steps if opts.steps is None else opts.steps,
-        guidance=s.guidance if opts.guidance is None else opts.guidance,
-        shift=s.shift if opts.shift is None else opts.shift,
-        solver=opts.solver or s.solver,
-        frame_noise_share=s.frame_noise_share if opts.frame_noise is None else opts.frame_noise,
-        seed=opts.seed,
+    width, height = opts.size or (None, None)
+    return preset.request(
+        check_prompt(opts.prompt), negative=opts.negative, width=width, height=height,
+        frames=opts.frames, steps=opts.steps, guidance=opts.guidance, shift=opts.shift,
+        solver=opts.solver, frame_noise_share=opts.frame_noise, seed=opts.seed,
         strength=init_strength(opts),
     )
 
@@ -86,15 +55,12 @@ def load_init_video(path: Path, r: VideoRequest, temporal_ratio: int) -> torch.T
 def run_generate(opts: GenerateOptions) -> list[Path]:
     preset = get_preset(opts.preset)
     request = build_request(opts)  # validate everything before loading GBs of weights
-    check_preset_request(preset, request, init_video=opts.video is not None)
+    preset.family.check_request(preset, request, init_video=opts.video is not None)
     init = (None if opts.video is None
             else load_init_video(opts.video, request, preset.vae.temporal_ratio))
-    device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
-    components = load_pipeline_components(preset, opts.weights, dtype=dtype)
-    pipe = pipeline_for(
-        preset, components, placement=make_placement(opts.offload, device), dtype=dtype
-    )
+    offload = None if opts.offload == "none" else opts.offload
+    pipe = load_pipeline(preset, opts.weights, device=opts.device, dtype=opts.dtype,
+                         offload=offload)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -105,8 +71,9 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
         bar.refresh()
 
     try:
-        video = pipe(request, progress=progress, vae_tile=opts.vae_tile, init_video=init)
+        video = pipe.generate(request, progress=progress, vae_tile=opts.vae_tile,
+                              init_video=init)
     finally:
         for bar in bars.values():
             bar.close()
-    return write_video(opts.out, video[0], fps=opts.fps or preset.fps)
+    return video.save(opts.out, fps=opts.fps)

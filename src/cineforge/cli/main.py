@@ -50,11 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except CineforgeError as exc:
-        print(f"cineforge: error: {exc}", file=sys.stderr)
+        print(f"cineforge: error: {exc.renamed(flag)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cineforge: interrupted", file=sys.stderr)
         return 130
+
+
+# Library fields whose flag is not ``--`` + the field name with dashes.
+FLAGS = {"frame_noise_share": "--frame-noise"}
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a library field (``steps`` -> ``--steps``)."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -88,7 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from cineforge.weights.presets import PRESETS
+    from cineforge.families.registry import PRESETS
 
     rows = [("preset", "size", "frames", "steps", "weights")]
     for p in PRESETS.values():

@@ -53,29 +53,32 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
     ratio x DiT patch) and VAE ``temporal_ratio`` cannot honour."""
     if r.width <= 0 or r.height <= 0 or r.width % multiple or r.height % multiple:
         raise CineforgeError(
-            f"size {r.width}x{r.height} is not a multiple of {multiple}; "
-            f"use e.g. {round_to(r.width, multiple)}x{round_to(r.height, multiple)}"
+            f"{{size}} {r.width}x{r.height} is not a multiple of {multiple}; "
+            f"use e.g. {round_to(r.width, multiple)}x{round_to(r.height, multiple)}",
+            fields=("size",),
         )
     t = temporal_ratio
     if r.frames < 1 or (r.frames - 1) % t:
         lower = max(1, (r.frames - 1) // t * t + 1)
         raise CineforgeError(
-            f"--frames {r.frames} is not of the form {t}k+1; use {lower} or {lower + t}"
+            f"{{frames}} {r.frames} is not of the form {t}k+1; use {lower} or {lower + t}",
+            fields=("frames",),
         )
     if not r.prompt.strip():
         raise CineforgeError("the prompt is empty; describe the video to generate")
     if r.steps < 1:
-        raise CineforgeError(f"--steps must be at least 1, got {r.steps}")
+        raise CineforgeError(f"{{steps}} must be at least 1, got {r.steps}", fields=("steps",))
     if r.guidance < 0:
-        raise CineforgeError(f"--guidance must be >= 0, got {r.guidance}")
+        raise CineforgeError(f"{{guidance}} must be >= 0, got {r.guidance}", fields=("guidance",))
     if not 0 <= r.frame_noise_share < 1:
-        raise CineforgeError(f"--frame-noise must be in [0, 1), got {r.frame_noise_share}")
+        raise CineforgeError(f"{{frame_noise_share}} must be in [0, 1), got {r.frame_noise_share}",
+                             fields=("frame_noise_share",))
     if r.shift <= 0:
-        raise CineforgeError(f"--shift must be > 0, got {r.shift}")
+        raise CineforgeError(f"{{shift}} must be > 0, got {r.shift}", fields=("shift",))
     if not 0 < r.strength <= 1 or int(r.steps * r.strength) < 1:
         raise CineforgeError(
-            f"--strength {r.strength} with --steps {r.steps} runs no step; use a strength in "
-            f"(0, 1] with steps * strength >= 1"
+            f"{{strength}} {r.strength} with {{steps}} {r.steps} runs no step; use a strength in "
+            "(0, 1] with steps * strength >= 1", fields=("strength", "steps")
         )
     get_solver(r.solver)
 
@@ -85,7 +88,7 @@ def round_to(n: int, multiple: int) -> int:
 
 
 class FlowPipeline:
-    """DiT + VAE + text encoder(s) (a ``cineforge.weights.loader.Components``), run in the
+    """DiT + VAE + text encoder(s) (a ``cineforge.families.family.Components``), run in the
     shared stage order. Subclasses implement ``check``, ``conditions``, ``latent_shape`` and
     ``decode``; those with video-to-video also ``encode_video`` (and set the flag below)."""
 
@@ -177,7 +180,8 @@ class FlowPipeline:
         for p in prompts:
             self.check(dataclasses.replace(r, prompt=p))
         if init_video is None and r.strength != 1:
-            raise CineforgeError(f"--strength {r.strength} needs an init video; give one or use 1")
+            raise CineforgeError(f"{{strength}} {r.strength} needs an init video; give one or use 1",
+                                 fields=("strength",))
         report = progress or (lambda stage, done, total: None)
         cond, uncond = self.conditions(prompts, r)
         latents = self.initial_latents(r, len(prompts))

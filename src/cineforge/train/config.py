@@ -4,14 +4,15 @@ A run is described by one ``TrainConfig``. The YAML file mirrors its sections::
 
     task: dit
     steps: 2000
-    model: {name: tiny, overrides: {dim: 256, num_layers: 6}}
+    model: {preset: wan2.1-t2v-tiny, overrides: {dim: 256, num_layers: 6}}
     optim: {lr: 3.0e-4, warmup: 100}
 
 and ``--set optim.lr=3e-4 --set steps=2000`` edits the same tree before it is built (values
 are read as YAML, so ``[0.9, 0.95]``, ``true`` and ``3e-4`` all work). A key the dataclasses
 do not have is an error that names the valid keys; a value of the wrong type is an error that
-names the expected type. ``model.overrides`` is free-form: its keys are fields of the model
-family's config (``WanVAEConfig`` / ``WanDiTConfig``) and are checked when the model is built.
+names the expected type. ``model.preset`` is a public preset name (``cineforge presets``);
+``model.overrides`` is free-form: its keys are fields of that preset's config of the task's
+part (its DiT or VAE config) and are checked when the model is built (``train.models``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named base config of the task's model family plus field overrides."""
+    """A preset (by public name) whose DiT or VAE config the run trains, plus field overrides."""
 
-    name: str = "tiny"
+    preset: str = "wan2.1-t2v-tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
 
 

@@ -41,28 +41,22 @@ from torch import nn
 
 from cineforge.data.latents import CacheItem, LatentCache
 from cineforge.errors import CineforgeError
-from cineforge.models.wan_dit import WAN_DIT_1_3B, WAN_DIT_14B, WAN_DIT_TINY, WanDiT, pad_context
+from cineforge.families.wan.dit import pad_context
 from cineforge.sampling import frame_noise
-from cineforge.train.config import TrainConfig, build_model_config
+from cineforge.train.config import TrainConfig
 from cineforge.train.data import IndexStream, ShapeBuckets
 from cineforge.train.export import save_weights
 from cineforge.train.flow import caption_keep_mask, flow_pair, sample_times
 from cineforge.train.loop import StepLoss
+from cineforge.train.models import model_config as model_config_of
 from cineforge.train.packing import TokenPacker
 from cineforge.train.saliency import detail_weights
 from cineforge.weights.files import write_model_config
 
-DIT_CONFIGS = {"wan2.1-1.3b": WAN_DIT_1_3B, "wan2.1-14b": WAN_DIT_14B, "tiny": WAN_DIT_TINY}
 # Validation times: the mean over them is ``val_{kind}_loss``; ``val_{kind}_loss@t`` per time.
 # 0.98 watches the near-pure-noise end, where samplers with shift > 1 take their first steps.
 VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.98)
 _VAL_SEED = 2_718_281  # the validation noise's seed, offset from the run's seed
-
-
-def dit_config(name: str, overrides: dict[str, Any]):
-    if name not in DIT_CONFIGS:
-        raise CineforgeError(f"unknown DiT model {name!r}; choose one of {sorted(DIT_CONFIGS)}")
-    return build_model_config(DIT_CONFIGS[name], overrides, "WanDiTConfig")
 
 
 def latent_detail_weights(x0: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
@@ -85,9 +79,10 @@ class DiTTask:
 
     def __init__(self, config: TrainConfig, cache: LatentCache) -> None:
         self.config, self.cache = config, cache
-        model_config = dit_config(config.model.name, config.model.overrides)
+        family, model_config = model_config_of(config.model, "dit")
         _check_cache(cache, model_config, config)
-        self.model = WanDiT(model_config).init_weights(torch.Generator().manual_seed(config.seed))
+        self.model = family.build("dit", model_config).init_weights(
+            torch.Generator().manual_seed(config.seed))
         self.text_len = model_config.text_len
         self.patch = model_config.patch_size
         self.empty = pad_context(cache.empty_text()[None], self.text_len)[0]
@@ -226,7 +221,7 @@ class DiTTask:
         return export_dit(model, Path(self.config.cache.vae), Path(folder))
 
 
-def export_dit(model: WanDiT, vae_folder: Path, folder: Path) -> list[Path]:
+def export_dit(model: nn.Module, vae_folder: Path, folder: Path) -> list[Path]:
     """``dit.safetensors`` (fp16) + ``dit.json``, and the VAE the latents came from copied
     beside them, so ``folder`` is a complete cineforge-layout weights folder."""
     paths = [save_weights(model, folder / "dit.safetensors"),

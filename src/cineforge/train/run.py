@@ -14,8 +14,8 @@ from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from cineforge.train.config import TrainConfig, config_to_tree, load_config
 from cineforge.train.data import shapes_world
-from cineforge.train.export import VAE_CLASSES, load_vae, read_vae_config
 from cineforge.train.loop import Task, Trainer
+from cineforge.train.models import build_model, load_vae, read_vae_config
 
 TEXT_ENCODER = "minilm"  # all-MiniLM-L6-v2, the demo's text encoder (384-d)
 TEXT_DIM = 384
@@ -70,7 +70,7 @@ def cache_folder(config: TrainConfig) -> Path:
 
 def cache_meta(config: TrainConfig) -> dict:
     """What the cache's items depend on; a cache built with other values is refused."""
-    vae = read_vae_config(_vae_folder(config) / "vae.json")
+    vae = read_vae_config(config.model, _vae_folder(config) / "vae.json")
     return {
         "vae": {"type": type(vae).__name__, **dataclasses.asdict(vae)},
         "latent_channels": vae.z_dim,
@@ -109,7 +109,7 @@ def build_cache(config: TrainConfig, *, progress: bool = True) -> LatentCache:
 
     def encode_video(video: torch.Tensor) -> torch.Tensor:
         if "vae" not in loaded:
-            loaded["vae"] = load_vae(_vae_folder(config))
+            loaded["vae"] = load_vae(config.model, _vae_folder(config))
         return loaded["vae"].encode(video)
 
     def encode_text(prompts: list[str]):
@@ -153,20 +153,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     state, which = (state["model"], "raw") if raw else (state["ema"]["model"], "EMA")
     folder = Path(out) if out else run_dir / "export"
     folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        model = build_model(config.model, config.task)
+    load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")
     if config.task == "vae":
-        from cineforge.train.vae_task import export_vae, vae_config
+        from cineforge.train.vae_task import export_vae
 
-        model_config = vae_config(config.model.name, config.model.overrides)
-        with torch.device("meta"):
-            model = VAE_CLASSES[type(model_config)](model_config)
-        load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")
         export_vae(model.eval(), config, folder)
     else:
-        from cineforge.models.wan_dit import WanDiT
-        from cineforge.train.dit_task import dit_config, export_dit
+        from cineforge.train.dit_task import export_dit
 
-        with torch.device("meta"):
-            model = WanDiT(dit_config(config.model.name, config.model.overrides))
-        load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")
         export_dit(model.eval(), _vae_folder(config), folder)
     return folder

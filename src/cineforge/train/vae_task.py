@@ -29,38 +29,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.causal3d import LatentVideoVAE
-from cineforge.models.compact_vae import COMPACT_VAE_TINY, CompactVAEConfig
-from cineforge.models.wan_vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAEConfig
-from cineforge.train.config import TrainConfig, build_model_config
+from cineforge.train.config import TrainConfig
 from cineforge.train.data import shapes_world
-from cineforge.train.export import VAE_CLASSES, save_weights
+from cineforge.train.export import save_weights
 from cineforge.train.loop import StepLoss
+from cineforge.train.models import model_config as model_config_of
 from cineforge.train.saliency import detail_weights
 from cineforge.weights.files import write_model_config
-
-VAE_CONFIGS = {"wan2.1": WAN_VAE_2_1, "tiny": WAN_VAE_TINY,
-               "compact": CompactVAEConfig(), "compact-tiny": COMPACT_VAE_TINY}
-
-
-def vae_config(name: str, overrides: dict[str, Any]) -> WanVAEConfig | CompactVAEConfig:
-    """A base config from ``VAE_CONFIGS`` with ``overrides``; the latent statistics default to
-    identity (training works on raw latents; export measures the real ones)."""
-    if name not in VAE_CONFIGS:
-        raise CineforgeError(f"unknown VAE model {name!r}; choose one of {sorted(VAE_CONFIGS)}")
-    overrides = dict(overrides)
-    z_dim = overrides.get("z_dim", VAE_CONFIGS[name].z_dim)
-    if isinstance(z_dim, int) and z_dim > 0:
-        overrides.setdefault("latents_mean", (0.0,) * z_dim)
-        overrides.setdefault("latents_std", (1.0,) * z_dim)
-    base = VAE_CONFIGS[name]
-    return build_model_config(base, overrides, type(base).__name__)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -91,13 +72,13 @@ class VAETask:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.objective = config.vae
-        model_config = vae_config(config.model.name, config.model.overrides)
+        family, model_config = model_config_of(config.model, "vae")
         ratio = model_config.spatial_ratio
         if config.vae.crop % ratio or config.data.height % ratio or config.data.width % ratio:
             raise CineforgeError(f"vae.crop and the frame size must be multiples of {ratio}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # PyTorch's default init draws from the global RNG
-            self.model = VAE_CLASSES[type(model_config)](model_config)
+            self.model = family.build("vae", model_config)
         self.images = shapes_world(config.data, "train_images", image_fraction=1.0)
         self.videos = shapes_world(config.data, "train_videos", image_fraction=0.0)
         self.position = {"images": 0, "videos": 0}

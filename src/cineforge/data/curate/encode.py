@@ -57,16 +57,14 @@ class PresetEncoder:
     def __init__(self, name: str, weights: str | None) -> None:
         import torch
 
-        from cineforge.weights.loader import ASSETS, load_model, load_text_encoder
-        from cineforge.weights.presets import get_preset
+        from cineforge.families.family import detect_layout, load_model, weights_folder
+        from cineforge.families.registry import get_preset
 
         preset = get_preset(name)
-        folder = weights or (ASSETS / preset.embedded if preset.embedded else None)
-        if folder is None:
-            raise CineforgeError(f"preset {name} has no weights in the package; pass a weights "
-                                 "folder (cineforge curate run --weights DIR)")
-        self.vae = load_model(preset, Path(folder), "vae", dtype=torch.float32)
-        self.text = load_text_encoder(preset, Path(folder), dtype=torch.float32)
+        folder = weights_folder(preset, weights)
+        layout = detect_layout(preset, folder)
+        self.vae = load_model(preset, folder, "vae", dtype=torch.float32, layout=layout)
+        self.text = preset.text.load(preset, folder, layout, torch.float32)[0]
         self.meta = {"encoder": f"preset:{name}", "latent_channels": preset.vae.z_dim,
                      "text_dim": preset.dit.text_dim}
 

@@ -1,6 +1,6 @@
 """Key maps for the Wan 2.1 VAE: the release's ``Wan2.1_VAE.pth`` and diffusers' AutoencoderKLWan.
 
-Our module tree (``cineforge.models.wan_vae``) keeps the release's flat block lists:
+Our module tree (``cineforge.families.wan.vae``) keeps the release's flat block lists:
 ``encoder.down.N`` is the release's ``encoder.downsamples.N`` (residual blocks and
 downsamples in one list) and ``decoder.up.N`` is ``decoder.upsamples.N``. Inside a block the
 names are ours: residual blocks have ``norm1, conv1, norm2, conv2, shortcut``; resamplers

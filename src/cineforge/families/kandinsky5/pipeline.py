@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import torch
 
 from cineforge.errors import CineforgeError
+from cineforge.families.kandinsky5.hunyuan_vae import HunyuanTiling, HunyuanVAE
 from cineforge.models.attention import get_attention_backend
-from cineforge.models.hunyuan_vae import HunyuanTiling, HunyuanVAE
 from cineforge.models.nabla import NablaAttention
 from cineforge.models.text_encoders import TextStates
 from cineforge.pipelines.common import Conditioning, FlowPipeline, VideoRequest, check_request

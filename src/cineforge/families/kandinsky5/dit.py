@@ -55,9 +55,9 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import AttentionFn, get_attention_backend
+from cineforge.models.layers import FP32LayerNorm, FP32RMSNorm, gated_residual, modulate
 from cineforge.models.nabla import NablaAttention, NablaGrid, tile_order
 from cineforge.models.rope import apply_rope
-from cineforge.models.wan_dit import FP32LayerNorm, FP32RMSNorm, gated_residual, modulate
 
 
 @dataclass(frozen=True, kw_only=True)

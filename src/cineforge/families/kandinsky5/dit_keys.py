@@ -1,4 +1,4 @@
-"""Key maps into ``cineforge.models.kandinsky5_dit.Kandinsky5DiT`` (Kandinsky 5.0 DiT).
+"""Key maps into ``cineforge.families.kandinsky5.dit.Kandinsky5DiT`` (Kandinsky 5.0 DiT).
 
 The release (``kandinsky/models/dit.py``: ``DiffusionTransformer3D``, loaded with a plain
 ``load_state_dict``) and diffusers' ``Kandinsky5Transformer3DModel`` use the same module

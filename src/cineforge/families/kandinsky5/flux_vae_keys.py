@@ -1,6 +1,6 @@
 """Key maps for the FLUX.1 VAE: the release's ``ae.safetensors`` and diffusers' AutoencoderKL.
 
-Our module tree (``cineforge.models.flux_vae``): each stage is ``encoder.down.I`` /
+Our module tree (``cineforge.families.kandinsky5.flux_vae``): each stage is ``encoder.down.I`` /
 ``decoder.up.I`` with residual blocks ``res.J`` (``norm1, conv1, norm2, conv2, shortcut``)
 and one ``resample.conv``; the middle is ``mid.res1, mid.attn, mid.res2`` (attention
 ``norm, to_q, to_k, to_v, proj``, all linear); the heads are ``norm_out, conv_out``.

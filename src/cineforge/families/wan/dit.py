@@ -26,9 +26,8 @@ item's time, so it equals ``forward`` on each item alone.
 With a NABLA backend, ``forward`` runs the blocks in tile order (``models.sparse_layout``): only
 self-attention is block-sparse, cross-attention is dense SDPA; ``forward_packed`` refuses NABLA.
 
-``abs_position`` (a cineforge extension, off for every official config) adds a learned
-function of each token's absolute (frame, row, column) index to the patch tokens;
-``pooled_text`` (likewise) adds an MLP of the mean text state to ``e`` before the projection.
+``extra_terms`` is the one hook for models built on this one (the demo family adds learned
+positions and a pooled caption through it); Wan itself adds nothing.
 
 Module names equal the official release's (``wan/modules/model.py``), so official weights
 load through a near-identity key map.
@@ -52,11 +51,17 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import AttentionFn, get_attention_backend
+from cineforge.models.layers import (
+    FP32LayerNorm,
+    FP32RMSNorm,
+    gated_residual,
+    modulate,
+    timestep_sinusoid,
+)
 from cineforge.models.nabla import NablaGrid
 from cineforge.models.packing import block_diagonal_mask, check_pack, packed_rope_cis, segment_ids
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
 from cineforge.models.sparse_layout import self_attention_layout, uses_tile_order
-from cineforge.models.text_encoders import TextStates, mean_pool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,26 +81,6 @@ class WanDiTConfig:
     timestep_scale: float = 1000.0
     rope_theta: float = 10000.0
     attention: str = "sdpa"
-    # cineforge extension, off in every Wan release: add a learned function of each token's
-    # absolute (frame, row, column) index to the patch tokens (``abs_position_features``
-    # through the Linear ``pos_embedding``). RoPE only gives relative positions; a small model
-    # needs the absolute frame to lay out motion from pure noise. The Linear starts random
-    # (Xavier, gain 0.5: about 0.3 per channel against ~0.7 for noise tokens); zero-initialised
-    # it grew only to 0.03 per channel in 1000 steps and motion stayed unused
-    # (docs/demo-training.md).
-    abs_position: bool = False
-    # cineforge extension: a learned vector per token of a (frames, rows, columns) token grid,
-    # added to the patch tokens of any grid that fits in it (random-initialised). Unlike the
-    # per-axis sum above it gives each token its own vector, so a small model learns where an
-    # object is in frame k given the caption as a two-way (text x token) interaction: in a toy
-    # it learned caption-dependent motion in 100 steps where the per-axis sum had not in 900
-    # (docs/demo-training.md, session 5). () is off.
-    abs_position_table: tuple[int, ...] = ()
-    # cineforge extension: add a function of the mean text state (over the non-padding rows)
-    # to the time embedding, so the caption also reaches every token through the modulation,
-    # as the pooled text vector does in Kandinsky 5, SD3 and Flux. The MLP's output layer
-    # starts at zero, so a model trained without it starts out unchanged.
-    pooled_text: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim",
@@ -112,10 +97,6 @@ class WanDiTConfig:
             raise ValueError(f"freq_dim must be even, got {self.freq_dim}")
         if self.eps <= 0 or self.timestep_scale <= 0 or self.rope_theta <= 0:
             raise ValueError("eps, timestep_scale and rope_theta must be positive")
-        if self.abs_position_table and (len(self.abs_position_table) != 3
-                                        or min(self.abs_position_table) <= 0):
-            raise ValueError("abs_position_table must be () or 3 positive ints (token grid "
-                             f"frames, rows, columns), got {self.abs_position_table}")
 
     @property
     def head_dim(self) -> int:
@@ -129,41 +110,6 @@ WAN_DIT_14B = WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 WAN_DIT_TINY = WanDiTConfig(
     dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=16
 )
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` in fp32, returned in x's dtype."""
-    return torch.addcmul(shift, x.float(), 1 + scale).type_as(x)
-
-
-def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + gate * y`` in fp32, returned in x's dtype."""
-    return torch.addcmul(x.float(), y.float(), gate).type_as(x)
-
-
-def timestep_sinusoid(t: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
-    """``[cos(t w_i), sin(t w_i)]`` with ``w_i = base ** (-i / (dim / 2))``; float64."""
-    half = dim // 2
-    freqs = base ** -(torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    angles = torch.outer(t.to(torch.float64), freqs)
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
-
-
-class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (weights too), returned in the input's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
-
-
-class FP32RMSNorm(nn.RMSNorm):
-    """RMSNorm computed in fp32 (weight too), returned in the input's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        return F.rms_norm(x.float(), self.normalized_shape, w, self.eps).type_as(x)
 
 
 class WanAttention(nn.Module):
@@ -256,20 +202,12 @@ class WanDiT(nn.Module):
         self.config = c = config
         self.attention_backend = attention = get_attention_backend(c.attention)
         self.patch_embedding = nn.Conv3d(c.in_channels, c.dim, c.patch_size, c.patch_size)
-        if c.abs_position:
-            self.pos_embedding = nn.Linear(3 * ABS_POSITION_FEATURES, c.dim)
-        if c.abs_position_table:
-            self.pos_table = nn.Parameter(torch.zeros(*c.abs_position_table, c.dim))
         self.text_embedding = nn.Sequential(
             nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
         )
         self.time_embedding = nn.Sequential(
             nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
         )
-        if c.pooled_text:
-            self.text_pool_embedding = nn.Sequential(
-                nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
-            )
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
         self.blocks = nn.ModuleList(WanBlock(c, attention) for _ in range(c.num_layers))
         self.head = WanHead(c)
@@ -287,10 +225,10 @@ class WanDiT(nn.Module):
         layout = self_attention_layout(self.attention_backend, grid, x.device)
         dtype = self.patch_embedding.weight.dtype
 
-        tokens = self._patchify(x) + self._abs_position([grid], x.device)
-        pooled = pool_text(context) if c.pooled_text else None
+        token_term, time_term = self.extra_terms([grid], context)
+        tokens = self._patchify(x) + token_term
         context = self.text_embedding(context.to(dtype))
-        e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), pooled)
+        e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), time_term)
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
 
         tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
@@ -325,12 +263,11 @@ class WanDiT(nn.Module):
         lengths = [math.prod(g) for g in grids]
         dtype = self.patch_embedding.weight.dtype
 
+        token_term, time_term = self.extra_terms(grids, contexts)
         tokens = torch.cat([self._patchify(x[None]) for x in latents], dim=1)  # 1, L, dim
-        tokens = tokens + self._abs_position(grids, device)
-        pooled = torch.stack([pool_text(ctx[None])[0] for ctx in contexts]) if c.pooled_text \
-            else None
+        tokens = tokens + token_term
         context = self.text_embedding(torch.cat(contexts).to(dtype)[None])  # 1, M, dim
-        e, e0 = self._time_embedding(t, pooled)
+        e, e0 = self._time_embedding(t, time_term)
         item = segment_ids(lengths, device)
         e, e0 = e[item][None], e0[item][None]  # per token: 1, L, dim and 1, L, 6, dim
         cis = packed_rope_cis(grids, wan_rope_axis_dims(c.head_dim), c.rope_theta, device)
@@ -355,38 +292,26 @@ class WanDiT(nn.Module):
         tokens = F.linear(patches.to(weight.dtype), weight.flatten(1), self.patch_embedding.bias)
         return tokens.to(weight.dtype)
 
-    def _abs_position(
-        self, grids: list[tuple[int, int, int]], device: torch.device
-    ) -> torch.Tensor | float:
-        """The absolute-position term for the tokens of ``grids`` laid end to end (1, L, dim);
-        0.0 when the model has none."""
-        c, term = self.config, 0.0
-        if c.abs_position:
-            weight = self.pos_embedding.weight
-            feats = torch.cat([abs_position_features(g, device) for g in grids])
-            term = F.linear(feats.to(weight.dtype), weight, self.pos_embedding.bias)[None]
-        if c.abs_position_table:
-            for g in grids:
-                if any(n > m for n, m in zip(g, c.abs_position_table, strict=True)):
-                    raise CineforgeError(
-                        f"token grid {g} is larger than this model's position table "
-                        f"{c.abs_position_table}; generate at most that many latent frames, "
-                        "rows and columns (the demo: 17 frames at 64x64)")
-            term = term + torch.cat([self.pos_table[: g[0], : g[1], : g[2]].reshape(-1, c.dim)
-                                     for g in grids])[None]
-        return term
+    def extra_terms(
+        self, grids: list[tuple[int, int, int]], contexts: torch.Tensor | list[torch.Tensor]
+    ) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        """The hook for models built on Wan: a term added to the patch tokens of ``grids``
+        laid end to end (1, L, dim) and one added to the time embedding ``e`` per item
+        (N, dim, fp32), from the text states as the model gets them (``B, L, text_dim``, or
+        one ``M_i, text_dim`` tensor per packed item). Wan adds none: ``(0.0, None)``."""
+        return 0.0, None
 
     def _time_embedding(
-        self, t: torch.Tensor, pooled: torch.Tensor | None = None
+        self, t: torch.Tensor, extra: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flow times (N,) and mean text states (N, text_dim; with ``pooled_text``) -> e
-        (N, dim) and e0 (N, 6, dim), fp32, autocast off."""
+        """Flow times (N,) (plus ``extra_terms``' time term, N, dim) -> e (N, dim) and e0
+        (N, 6, dim), fp32, autocast off."""
         c, dtype = self.config, self.patch_embedding.weight.dtype
         with torch.autocast(t.device.type, enabled=False):
             scaled = t.to(torch.float64) * c.timestep_scale
             e = self.time_embedding(timestep_sinusoid(scaled, c.freq_dim).to(dtype)).float()
-            if pooled is not None:
-                e = e + self.text_pool_embedding(pooled.to(dtype)).float()
+            if extra is not None:
+                e = e + extra
             e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, c.dim))
         return e, e0
 
@@ -444,37 +369,7 @@ class WanDiT(nn.Module):
         for table in [b.modulation for b in self.blocks] + [self.head.modulation]:
             nn.init.normal_(table, std=self.config.dim**-0.5, generator=generator)
         nn.init.zeros_(self.head.head.weight)
-        if self.config.pooled_text:  # starts as a no-op (see ``pooled_text``)
-            nn.init.zeros_(self.text_pool_embedding[2].weight)
-        if self.config.abs_position:  # present from the first step (see ``abs_position``)
-            nn.init.xavier_uniform_(self.pos_embedding.weight, gain=0.5, generator=generator)
-        if self.config.abs_position_table:
-            nn.init.normal_(self.pos_table, std=0.3, generator=generator)
         return self
-
-
-def pool_text(context: torch.Tensor) -> torch.Tensor:
-    """Mean over the rows of ``context`` (B, L, text_dim) that are not all zero (the zero
-    padding of ``pad_context``; the DiT gets no text mask), in fp32: B, text_dim."""
-    context = context.float()
-    return mean_pool(TextStates(context, (context != 0).any(-1)), normalize=False)
-
-
-ABS_POSITION_FEATURES = 32  # per axis: 16 frequencies, cos and sin
-
-
-def abs_position_features(grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-    """Raster-order features of the token indices of ``grid`` (T, H, W): for each axis,
-    ``[cos(i w_k), sin(i w_k)]`` with ``w_k = 100 ** (-k / 16)`` (1 to ~0.013 rad per token),
-    concatenated: (T * H * W, 3 * ABS_POSITION_FEATURES), fp32."""
-    axes = [timestep_sinusoid(torch.arange(n, device=device), ABS_POSITION_FEATURES, base=100.0)
-            for n in grid]
-    t, h, w = grid
-    return torch.cat([
-        axes[0][:, None, None].expand(t, h, w, -1),
-        axes[1][None, :, None].expand(t, h, w, -1),
-        axes[2][None, None, :].expand(t, h, w, -1),
-    ], dim=-1).reshape(t * h * w, -1).float()
 
 
 def pad_context(context: torch.Tensor, text_len: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from cineforge.models.wan_dit import pad_context
+from cineforge.families.wan.dit import pad_context
 from cineforge.pipelines.common import (
     Conditioning,
     FlowPipeline,
@@ -25,7 +25,7 @@ __all__ = ["Progress", "TextToVideo", "VideoRequest"]
 
 
 class TextToVideo(FlowPipeline):
-    """Wan DiT + VAE + text encoder (a ``cineforge.weights.loader.Components``)."""
+    """Wan DiT + VAE + text encoder (a ``cineforge.families.family.Components``)."""
 
     video_to_video = True
 

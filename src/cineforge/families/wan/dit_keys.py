@@ -1,4 +1,4 @@
-"""Key maps into ``cineforge.models.wan_dit.WanDiT`` (Wan 2.1 text-to-video DiT).
+"""Key maps into ``cineforge.families.wan.dit.WanDiT`` (Wan 2.1 text-to-video DiT).
 
 Our module names are the official release's (``wan/modules/model.py``), so the official map
 is an explicit identity table; the diffusers map renames ``WanTransformer3DModel`` keys.

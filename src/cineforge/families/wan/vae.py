@@ -14,7 +14,7 @@ stage -> RMS norm, SiLU, conv_out.
 
 Module names follow the release's ``WanVAE_`` where it is a flat list (``encoder.down.N``
 is ``encoder.downsamples.N``, ``decoder.up.N`` is ``decoder.upsamples.N``); the key maps
-live in ``cineforge.weights.wan_vae_keys``. Latents at the public interface are
+live in ``cineforge.families.wan.vae_keys``. Latents at the public interface are
 normalised per channel, ``(mu - mean) / std``, with the release's statistics.
 """
 

@@ -1,0 +1,83 @@
+"""cineforge's own demo model: trained by this project on its shapes world, runs on a CPU.
+
+    dit.py   DemoDiT: Wan 2.1's DiT plus a learned position table and a pooled caption
+    vae.py   CompactVAE: a small causal video VAE (8x8 spatial, 4x temporal, 16 channels)
+
+Text states are MiniLM's (384-d); the pipeline is Wan's. The weights ship inside the package
+(``cineforge/assets/demo``, fp16) and are re-made by the recipe in ``configs/demo/``
+(docs/demo-training.md); the recipe's last stage builds exactly the DiT config below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cineforge.families.demo.dit import DemoDiT, DemoDiTConfig
+from cineforge.families.demo.vae import COMPACT_VAE_TINY, CompactVAE, CompactVAEConfig
+from cineforge.families.family import CINEFORGE_LAYOUT, MINILM, Family, Preset, SamplerDefaults
+from cineforge.families.wan.dit import WAN_DIT_TINY
+from cineforge.families.wan.pipeline import TextToVideo
+
+DEMO_DIT = DemoDiTConfig(
+    dim=256,
+    ffn_dim=1024,
+    num_heads=4,
+    num_layers=8,
+    text_dim=384,
+    patch_size=(1, 2, 2),
+    text_len=64,
+    position_table=(5, 8, 8),  # 5 latent frames x 8 x 8 tokens: 17 frames at 64x64
+    pooled_text=True,
+)
+DEMO_DIT_TINY = DemoDiTConfig(**{**dataclasses.asdict(WAN_DIT_TINY), "text_dim": 384},
+                              position_table=(3, 4, 4), pooled_text=True)
+DEMO_VAE = CompactVAEConfig(
+    widths=(32, 64, 64), z_dim=16, frames_per_latent=4,
+    num_res_blocks=1, norm_groups=8,
+    latents_mean=(
+        0.1232439035658476, -0.0661913145420682, -0.058832153287474015, 0.006165005148163331,
+        0.2145842063705402, -0.2670400335043854, -0.04264680113171305, 0.08742300970519684,
+        0.000550695171336311, -0.005915279698832605, 0.0843529625941968, -0.03651120789044197,
+        -0.12306495882293388, 0.03069031198594923, -0.08016170596684465, -0.057576594421503244
+    ),
+    latents_std=(
+        1.2825838162513603, 0.627925255406077, 0.4961153593734253, 0.9243398534710187,
+        0.47674412895098406, 0.7685683504528409, 0.7439971872952027, 0.29906684601409,
+        0.592376074450049, 1.1573259221095584, 1.0400086950111267, 0.758671468576755,
+        0.8540511243064118, 0.178022100177463, 0.5455509605511644, 0.3265508967351059
+    ),
+)
+
+DEMO_FAMILY = Family(
+    name="demo",
+    dit_class=DemoDiT,
+    vae_class=CompactVAE,
+    tiny_dit=DEMO_DIT_TINY,
+    tiny_vae=COMPACT_VAE_TINY,
+    layouts={"cineforge": CINEFORGE_LAYOUT},
+    pipeline=TextToVideo,
+    text_encoder=MINILM,
+)
+
+DEMO = Preset(
+    name="demo",
+    summary="cineforge's own demo model (shapes world, 64x64, 17 frames; runs on a CPU)",
+    family=DEMO_FAMILY,
+    dit=DEMO_DIT,
+    vae=DEMO_VAE,
+    width=64,
+    height=64,
+    frames=17,
+    fps=8,
+    sampler=SamplerDefaults(steps=20, guidance=6.0, shift=3.0, frame_noise_share=0.5),
+    embedded="demo",
+)
+
+# The demo architecture at toy size, random weights (tests and CI; bring your own weights).
+DEMO_TINY = dataclasses.replace(
+    DEMO, name="demo-tiny", summary="the demo architecture at toy size (tests; your weights)",
+    dit=DEMO_DIT_TINY, vae=COMPACT_VAE_TINY, height=32, width=32, frames=9,
+    sampler=SamplerDefaults(steps=4, guidance=6.0, shift=3.0), embedded=None,
+)
+
+PRESETS = (DEMO, DEMO_TINY)

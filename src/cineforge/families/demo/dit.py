@@ -1,0 +1,96 @@
+"""The demo's DiT: Wan 2.1's transformer plus two conditioning paths a small model needs.
+
+    tokens = patchify(x) + pos_table[frame, row, column]             (learned, per token)
+    e      = time_embedding(t) + text_pool_embedding(mean caption)    (then Wan's projection)
+
+- ``pos_table`` gives every token of a (frames, rows, columns) grid its own learned vector.
+  RoPE only gives relative positions; the demo model, trained from noise at 9M parameters,
+  needs absolute positions to lay out where an object is in frame k given the caption (a
+  two-way text x token interaction that it learned in 100 steps with the table, and not in
+  900 with a per-axis sum; docs/demo-training.md).
+- ``text_pool_embedding`` (Linear-SiLU-Linear) of the mean of the caption's non-padding
+  states reaches every token through the blocks' modulation, as the pooled text vector does
+  in Kandinsky 5, SD3 and Flux; its output layer starts at zero, so it can be added to a
+  trained model without changing its output.
+
+Both enter through ``WanDiT.extra_terms``, Wan's one hook; everything else is Wan's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cineforge.errors import CineforgeError
+from cineforge.families.wan.dit import WanDiT, WanDiTConfig
+from cineforge.models.text_encoders import TextStates, mean_pool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoDiTConfig(WanDiTConfig):
+    position_table: tuple[int, ...] = ()  # token grid (frames, rows, columns); () is off
+    pooled_text: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.position_table and (len(self.position_table) != 3
+                                    or min(self.position_table) <= 0):
+            raise ValueError("position_table must be () or 3 positive ints (token grid "
+                             f"frames, rows, columns), got {self.position_table}")
+
+
+class DemoDiT(WanDiT):
+    """``WanDiT`` with a learned position table and a pooled caption (see the module)."""
+
+    def __init__(self, config: DemoDiTConfig):
+        super().__init__(config)
+        c = config
+        if c.position_table:
+            self.pos_table = nn.Parameter(torch.zeros(*c.position_table, c.dim))
+        if c.pooled_text:
+            self.text_pool_embedding = nn.Sequential(
+                nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
+            )
+
+    def extra_terms(
+        self, grids: list[tuple[int, int, int]], contexts: torch.Tensor | list[torch.Tensor]
+    ) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        c = self.config
+        token_term: torch.Tensor | float = 0.0
+        if c.position_table:
+            for g in grids:
+                if any(n > m for n, m in zip(g, c.position_table, strict=True)):
+                    raise CineforgeError(
+                        f"token grid {g} is larger than this model's position table "
+                        f"{c.position_table}; generate at most that many latent frames, rows "
+                        "and columns (the demo: 17 frames at 64x64)")
+            token_term = torch.cat([self.pos_table[: g[0], : g[1], : g[2]].reshape(-1, c.dim)
+                                    for g in grids])[None]
+        time_term = None
+        if c.pooled_text:
+            pooled = (pool_text(contexts) if isinstance(contexts, torch.Tensor)
+                      else torch.stack([pool_text(ctx[None])[0] for ctx in contexts]))
+            dtype = self.patch_embedding.weight.dtype
+            with torch.autocast(pooled.device.type, enabled=False):
+                time_term = self.text_pool_embedding(pooled.to(dtype)).float()
+        return token_term, time_term
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> DemoDiT:
+        """Wan's initialisation; the pooled caption's output layer at zero (a no-op at
+        first), the position table N(0, 0.3^2) (present from the first step)."""
+        super().init_weights(generator)
+        if self.config.pooled_text:
+            nn.init.zeros_(self.text_pool_embedding[2].weight)
+        if self.config.position_table:
+            nn.init.normal_(self.pos_table, std=0.3, generator=generator)
+        return self
+
+
+def pool_text(context: torch.Tensor) -> torch.Tensor:
+    """Mean over the rows of ``context`` (B, L, text_dim) that are not all zero (the zero
+    padding of ``pad_context``; the DiT gets no text mask), in fp32: B, text_dim."""
+    context = context.float()
+    return mean_pool(TextStates(context, (context != 0).any(-1)), normalize=False)

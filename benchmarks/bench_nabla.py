@@ -60,12 +60,11 @@ def demo_qkv(grid: tuple[int, int, int], seed: int = 0) -> tuple[torch.Tensor, .
     """q, k, v (1, 4, L, 64) of the demo DiT's block ``DEMO_LAYER`` on a clip whose token
     grid is ``grid``, in tile order. Raises CineforgeError without the embedded weights."""
     from cineforge.data.shapes import ShapesWorld, ShapesWorldConfig
-    from cineforge.pipelines.select import pipeline_for
-    from cineforge.weights.loader import load_pipeline_components
-    from cineforge.weights.presets import get_preset
+    from cineforge.families.family import load_components
+    from cineforge.families.registry import get_preset
 
     preset = get_preset("demo")
-    pipe = pipeline_for(preset, load_pipeline_components(preset, None))
+    pipe = preset.family.make_pipeline(load_components(preset, None))
     _, ph, pw = preset.dit.patch_size
     s, r = preset.vae.spatial_ratio, preset.vae.temporal_ratio
     world = ShapesWorld(ShapesWorldConfig(height=grid[1] * ph * s, width=grid[2] * pw * s,

@@ -31,8 +31,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from cineforge.models.packing import patch_tokens
 from cineforge.families.wan.dit import WanDiT, WanDiTConfig
+from cineforge.models.packing import patch_tokens
 from cineforge.train.packing import TokenPacker, fill_ratio
 
 CONFIG = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=4, freq_dim=256,

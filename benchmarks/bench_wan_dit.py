@@ -18,9 +18,15 @@ from collections.abc import Callable
 
 import torch
 
-from cineforge.families.wan.dit import WAN_DIT_1_3B, WAN_DIT_TINY, WanDiT, WanDiTConfig, wan_dit_flops
-from cineforge.weights.keymap import load_strict
+from cineforge.families.wan.dit import (
+    WAN_DIT_1_3B,
+    WAN_DIT_TINY,
+    WanDiT,
+    WanDiTConfig,
+    wan_dit_flops,
+)
 from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS
+from cineforge.weights.keymap import load_strict
 
 # (name, config, latent shape B,C,T,H,W, text tokens)
 CASES: tuple[tuple[str, WanDiTConfig, tuple[int, ...], int], ...] = (

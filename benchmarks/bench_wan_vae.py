@@ -50,8 +50,8 @@ def _decoders(impls: tuple[str, ...]):
     from diffusers import AutoencoderKLWan
 
     from cineforge.families.wan.vae import WAN_VAE_2_1, WanVAE
-    from cineforge.weights.keymap import load_strict
     from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS
+    from cineforge.weights.keymap import load_strict
 
     torch.manual_seed(0)
     ref = AutoencoderKLWan().eval()

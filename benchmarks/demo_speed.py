@@ -17,31 +17,18 @@ from pathlib import Path
 
 import torch
 
-from cineforge.families.wan.pipeline import TextToVideo, VideoRequest
-from cineforge.weights.loader import load_pipeline_components
-from cineforge.weights.presets import get_preset
+from cineforge import load_pipeline
 
 
 def run(steps: int | None = None, printer=print) -> dict[str, float]:
-    preset = get_preset("demo")
     start = time.perf_counter()
-    parts = load_pipeline_components(preset, None)
+    pipe = load_pipeline("demo", device="cpu")
     load_s = time.perf_counter() - start
-    pipe = TextToVideo(parts)
-    s = preset.sampler
+    s, parts = pipe.preset.sampler, pipe.runner
     steps = steps or s.steps
-    request = VideoRequest(
-        prompt="a red circle moves to the right over a dark blue background",
-        width=preset.width,
-        height=preset.height,
-        frames=preset.frames,
-        steps=steps,
-        guidance=s.guidance,
-        shift=s.shift,
-        negative=s.negative,
-        solver=s.solver,
-    )
-    pipe(dataclasses.replace(request, steps=1))  # warm-up (first-call allocations)
+    request = pipe.request("a red circle moves to the right over a dark blue background",
+                           steps=steps)
+    pipe.generate(dataclasses.replace(request, steps=1))  # warm-up (first-call allocations)
     stages: dict[str, float] = {}
     last = [time.perf_counter()]
 
@@ -51,7 +38,7 @@ def run(steps: int | None = None, printer=print) -> dict[str, float]:
         last[0] = now
 
     start = last[0] = time.perf_counter()
-    video = pipe(request, progress=progress)
+    video = pipe.generate(request, progress=progress).pixels
     total = time.perf_counter() - start
     printer(
         f"demo model: DiT {sum(p.numel() for p in parts.dit.parameters()) / 1e6:.1f}M, "

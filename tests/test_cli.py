@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from cineforge.cli.main import main
-from cineforge.io.video import read_video
+from cineforge.families.family import save_components
+from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiT
 from cineforge.families.wan.vae import WanVAE
-from cineforge.weights.loader import save_components
-from cineforge.weights.presets import get_preset
+from cineforge.io.video import read_video
 from oracles import perturb
 
 TINY = "wan2.1-t2v-tiny"

@@ -10,8 +10,9 @@ import torch
 
 from cineforge.errors import CineforgeError
 from cineforge.families.demo.vae import COMPACT_VAE_TINY, CompactVAE, CompactVAEConfig
-from cineforge.train.export import load_vae, read_vae_config, save_weights
-from cineforge.train.vae_task import vae_config
+from cineforge.train.config import ModelSpec
+from cineforge.train.export import save_weights
+from cineforge.train.models import load_vae, model_config, read_vae_config
 from cineforge.weights.files import write_model_config
 from oracles import perturb
 
@@ -75,18 +76,22 @@ def test_bad_inputs_raise(vae):
 
 
 def test_trainer_config_export_and_load_round_trip(tmp_path, vae):
-    config = vae_config("compact-tiny", {"widths": [8, 16, 16]})
+    spec = ModelSpec("demo-tiny", {"widths": [8, 16, 16]})
+    family, config = model_config(spec, "vae")
     assert isinstance(config, CompactVAEConfig) and config.spatial_ratio == 4
+    assert family.vae_class is CompactVAE
     save_weights(vae, tmp_path / "vae.safetensors", dtype=torch.float32)
     write_model_config(vae.config, tmp_path / "vae.json")
     assert json.loads((tmp_path / "vae.json").read_text())["type"] == "CompactVAEConfig"
-    assert read_vae_config(tmp_path / "vae.json") == vae.config
-    loaded = load_vae(tmp_path)
+    assert read_vae_config(spec, tmp_path / "vae.json") == vae.config
+    loaded = load_vae(spec, tmp_path)
     assert isinstance(loaded, CompactVAE)
     clip = _video(5)
     torch.testing.assert_close(loaded.encode(clip), vae.encode(clip), rtol=0, atol=0)
     with pytest.raises(CineforgeError, match="unknown CompactVAEConfig field"):
-        vae_config("compact", {"base_dim": 16})
+        model_config(ModelSpec("demo", {"base_dim": 16}), "vae")
+    with pytest.raises(CineforgeError, match="holds a CompactVAEConfig, not a WanVAEConfig"):
+        load_vae(ModelSpec("wan2.1-t2v-tiny"), tmp_path)  # another family's VAE
 
 
 def test_detail_weights_mark_small_objects_not_smooth_backgrounds():

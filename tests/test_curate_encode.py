@@ -103,11 +103,11 @@ def test_death_between_commit_and_publish_is_rolled_forward(catalog, monkeypatch
 
 
 def test_preset_encoder_uses_the_presets_vae_and_text_encoder(tmp_path):
-    from cineforge.weights.loader import MODEL_CLASSES, load_model, save_components
-    from cineforge.weights.presets import get_preset
+    from cineforge.families.family import load_model, save_components
+    from cineforge.families.registry import get_preset
 
     preset = get_preset("wan2.1-t2v-tiny")
-    dit, vae = (MODEL_CLASSES[type(c)](c) for c in (preset.dit, preset.vae))
+    dit, vae = (preset.family.build(part, getattr(preset, part)) for part in ("dit", "vae"))
     save_components(tmp_path / "w", dit=dit, vae=vae)
     enc = encode.load_encoder(EncodeConfig(encoder="preset:wan2.1-t2v-tiny",
                                            shard_dir=str(tmp_path / "s"),

@@ -11,10 +11,10 @@ from cineforge.cli.main import main
 from cineforge.data.shapes import heldout_prompts, render
 from cineforge.errors import CineforgeError
 from cineforge.eval.shapes import score_clips
+from cineforge.families.family import load_components, save_components
+from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiT
 from cineforge.families.wan.vae import WanVAE
-from cineforge.weights.loader import save_components
-from cineforge.weights.presets import get_preset
 from oracles import perturb
 
 
@@ -74,12 +74,10 @@ def test_text_use_is_zero_for_a_text_blind_model_and_large_for_the_demo():
     """The shipped demo relies on colour words (swapping them raises its loss by far more than
     10 % at t = 0.9); a DiT that ignores its context shows exactly 0 % for every attribute."""
     from cineforge.eval.text_use import text_use
-    from cineforge.families.wan.pipeline import TextToVideo
-    from cineforge.weights.loader import load_pipeline_components
 
     preset = get_preset("demo")
     specs = heldout_prompts()[:4]
-    pipe = TextToVideo(load_pipeline_components(preset, None))
+    pipe = preset.family.make_pipeline(load_components(preset, None))
     used = text_use(pipe, specs, times=(0.9,))
     assert used.n == 4 and used.loss[0] > 0
     assert used.increase["colour"][0] > 0.1

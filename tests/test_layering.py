@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-LAYERS = ["errors", "io", "models", "sampling", "weights", "data", "pipelines", "train", "eval",
-          "cli"]
+LAYERS = ["errors", "io", "models", "sampling", "weights", "pipelines", "families", "data", "train",
+          "eval", "api", "cli"]  # api: the module cineforge/api.py
 SRC = Path(__file__).parents[1] / "src" / "cineforge"
 
 

@@ -14,21 +14,22 @@ from safetensors.torch import load_file, save_file
 from cineforge.cli.main import main
 from cineforge.data.latents import LatentCache, build_latent_cache
 from cineforge.errors import CineforgeError
-from cineforge.models.text_encoders import TextStates
+from cineforge.families.family import load_model
+from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiTConfig
 from cineforge.families.wan.vae import WanVAE, WanVAEConfig
-from cineforge.train.config import load_config
+from cineforge.models.text_encoders import TextStates
+from cineforge.train.config import ModelSpec, load_config
 from cineforge.train.data import shapes_world
 from cineforge.train.dit_task import VAL_TIMES, latent_detail_weights
-from cineforge.train.export import load_vae, save_weights
+from cineforge.train.export import save_weights
 from cineforge.train.loop import Trainer
+from cineforge.train.models import build_model, load_vae
 from cineforge.train.run import build_task, export_run, train
-from cineforge.train.vae_task import vae_config
 from cineforge.weights.files import read_model_config, write_model_config
-from cineforge.weights.loader import load_model
-from cineforge.weights.presets import get_preset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ModelSpec("wan2.1-t2v-tiny")  # the tiny configs' preset
 
 
 class FakeText:
@@ -54,7 +55,8 @@ def vae_dir(tmp_path_factory):
     """An 'exported' tiny VAE (random weights, identity latent statistics)."""
     folder = tmp_path_factory.mktemp("vae")
     torch.manual_seed(0)
-    vae = WanVAE(vae_config("tiny", {}))
+    vae = build_model(TINY, "vae")
+    assert isinstance(vae, WanVAE)
     save_weights(vae, folder / "vae.safetensors")
     write_model_config(vae.config, folder / "vae.json")
     return folder
@@ -65,7 +67,7 @@ def cache_dir(vae_dir, tmp_path_factory):
     config = load_config(CONFIGS / "tiny_dit.yaml")
     folder = tmp_path_factory.mktemp("latents")
     build_latent_cache(folder, shapes_world(config.data, "cache"), config.cache.items,
-                       encode_video=load_vae(vae_dir).encode, encode_text=FakeText().encode,
+                       encode_video=load_vae(TINY, vae_dir).encode, encode_text=FakeText().encode,
                        meta={"latent_channels": 16, "text_dim": 384, "text_len": 32},
                        shard_size=config.cache.shard_size)
     return folder
@@ -187,28 +189,30 @@ def test_init_starts_a_fresh_run_from_weights(tmp_path, vae_dir, cache_dir):
 
 
 def test_init_fresh_adds_new_modules_to_trained_weights(tmp_path, vae_dir, cache_dir):
-    """A model that gained a module (``abs_position``) starts from weights without it only
-    when ``init_fresh`` names the module; the new module keeps its fresh initialisation and
-    every other weight is loaded."""
-    first = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir))
+    """A model that gained a module (the demo DiT's ``position_table``) starts from weights
+    without it only when ``init_fresh`` names the module; the new module keeps its fresh
+    initialisation and every other weight is loaded."""
+    demo = ("model.preset=demo-tiny", "model.overrides.pooled_text=false")
+    first = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir, *demo,
+                                     "model.overrides.position_table=[]"))
     ckpt = tmp_path / "a" / "checkpoints" / "step-00000004.pt"
-    grown = ("model.overrides.abs_position=true",)
-    with pytest.raises(CineforgeError, match="2 missing .*pos_embedding.weight"):
+    grown = demo
+    with pytest.raises(CineforgeError, match="1 missing .*pos_table"):
         train(dit_run_config(tmp_path / "b", vae_dir, cache_dir, f"init={ckpt}", *grown),
               progress=False)
     config = dit_run_config(tmp_path / "c", vae_dir, cache_dir, f"init={ckpt}", *grown,
-                            "init_fresh=[pos_embedding]")
+                            "init_fresh=[pos_table]")
     trainer = Trainer(config, build_task(config), tmp_path / "c")
-    fresh = trainer.model.pos_embedding.weight.clone()
+    fresh = trainer.model.pos_table.detach().clone()
     trainer.initialise(ckpt)
     own = trainer.model.state_dict()
-    assert torch.equal(own["pos_embedding.weight"], fresh) and fresh.abs().max() > 0
+    assert torch.equal(own["pos_table"], fresh) and fresh.abs().max() > 0
     for name, x in first.ema.model.state_dict().items():
         assert torch.equal(own[name], x), name
     trained = tmp_path / "grown.safetensors"  # init weights that hold the module: re-initialised
-    save_file({**own, "pos_embedding.weight": torch.ones_like(fresh)}, trained)
+    save_file({**own, "pos_table": torch.ones_like(fresh)}, trained)
     trainer.initialise(trained)
-    assert torch.equal(trainer.model.pos_embedding.weight, fresh)
+    assert torch.equal(trainer.model.pos_table, fresh)
 
 
 def test_packed_and_padded_losses_agree(tmp_path, vae_dir, cache_dir):
@@ -382,7 +386,7 @@ def test_vae_export_measures_latent_statistics(tmp_path):
     folder = train(vae_run_config(tmp_path / "run", "steps=1"), progress=False)
     config = read_model_config(WanVAEConfig, folder / "vae.json")
     assert config.latents_std != (1.0,) * 16 and min(config.latents_std) > 0
-    vae = load_vae(folder)
+    vae = load_vae(TINY, folder)
     video = shapes_world(load_config(CONFIGS / "tiny_vae.yaml").data, "stats")[0]["video"]
     z = vae.encode(video[None])
     assert float(z.abs().mean()) < 5.0  # normalised latents are O(1)
@@ -407,7 +411,7 @@ def test_latent_cache_round_trip_and_resume_after_crash(tmp_path, vae_dir, cache
     data = load_config(CONFIGS / "tiny_dit.yaml").data
     world = shapes_world(data, "cache")
     meta = {"latent_channels": 16, "text_dim": 384, "text_len": 32}
-    vae = load_vae(vae_dir)
+    vae = load_vae(TINY, vae_dir)
     args = dict(encode_video=vae.encode, encode_text=FakeText().encode, meta=meta, shard_size=8)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_latent_cache(tmp_path, CrashingWorld(world, 9), 12, **args)

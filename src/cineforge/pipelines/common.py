@@ -180,8 +180,8 @@ class FlowPipeline:
         for p in prompts:
             self.check(dataclasses.replace(r, prompt=p))
         if init_video is None and r.strength != 1:
-            raise CineforgeError(f"{{strength}} {r.strength} needs an init video; give one or use 1",
-                                 fields=("strength",))
+            raise CineforgeError(f"{{strength}} {r.strength} needs an init video; give one or "
+                                 "use 1", fields=("strength",))
         report = progress or (lambda stage, done, total: None)
         cond, uncond = self.conditions(prompts, r)
         latents = self.initial_latents(r, len(prompts))

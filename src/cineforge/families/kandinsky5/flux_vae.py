@@ -9,7 +9,7 @@ Encoder: conv_in -> stages (residual blocks, then a stride-2 conv padded right a
 -> mid (res, attention over all pixels, res) -> GroupNorm, SiLU, conv_out -> (mu, logvar).
 Decoder: conv_in -> mid -> stages (residual blocks, then nearest 2x upsampling and a conv)
 -> GroupNorm, SiLU, conv_out. There are no quant convs. Key maps (the release's
-``ae.safetensors`` and diffusers' ``AutoencoderKL``): ``cineforge.families.kandinsky5.flux_vae_keys``.
+``ae.safetensors`` and diffusers' ``AutoencoderKL``): ``flux_vae_keys`` beside this file.
 
 Latents at the public interface are ``(z - shift_factor) * scaling_factor``, decoded as
 ``latents / scaling_factor + shift_factor``. FLUX.1 uses scale 0.3611 and shift 0.1159

@@ -24,7 +24,8 @@ upsampling and a causal conv) -> GroupNorm, SiLU, conv_out.
 
 Latents at the public interface are ``z * scaling_factor`` (0.476986), as diffusers'
 Kandinsky 5 pipelines scale them (``latent_dist.sample() * scaling_factor`` to encode,
-``latents / scaling_factor`` before decoding). Key maps: ``cineforge.families.kandinsky5.hunyuan_vae_keys``.
+``latents / scaling_factor`` before decoding). Key maps: ``hunyuan_vae_keys`` beside this
+file.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Key maps for the HunyuanVideo VAE: diffusers' AutoencoderKLHunyuanVideo and the release.
 
-Our module tree (``cineforge.families.kandinsky5.hunyuan_vae``) differs from diffusers' in a few names:
+Our module tree (``hunyuan_vae`` beside this file) differs from diffusers' in a few names:
 causal convs are plain ``Conv3d`` subclasses (diffusers wraps a ``.conv`` inside), each
 stage is ``encoder.down.I`` / ``decoder.up.I`` with ``res.J`` residual blocks and one
 ``resample`` (diffusers' ``downsamplers.0.conv`` / ``upsamplers.0.conv``), the middle is

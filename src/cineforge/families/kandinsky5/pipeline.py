@@ -78,7 +78,8 @@ class Kandinsky5(FlowPipeline):
         check_request(r, multiple=multiple, temporal_ratio=vae_config.temporal_ratio)
         if not video and r.frames != 1:
             raise CineforgeError(
-                f"this Kandinsky 5 image model makes one frame, not {r.frames}; use --frames 1"
+                f"this Kandinsky 5 image model makes one frame, not {r.frames}; use {{frames}} 1",
+                fields=("frames",)
             )
 
     def check(self, r: VideoRequest) -> None:

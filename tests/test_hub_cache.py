@@ -66,7 +66,7 @@ def test_offline_and_not_cached_names_the_fetch_command(hub):
     message = str(err.value)
     assert message.startswith("wan: ")
     assert f"`hf download {OFFICIAL}`" in message
-    assert "HF_HUB_OFFLINE" in message and "--weights DIR" in message
+    assert "HF_HUB_OFFLINE" in message and "weights=DIR" in message
     assert "\n" not in message
 
 
@@ -112,6 +112,6 @@ def test_online_download_failure_is_one_line(hub, monkeypatch, error):
     message = str(err.value)
     assert f"cannot download {OFFICIAL}" in message
     assert f"`hf download {OFFICIAL} --local-dir DIR`" in message
-    assert "--weights DIR" in message
+    assert "weights=DIR" in message
     assert "\n" not in message
     assert err.value.__cause__ is error

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -48,7 +49,7 @@ def bench(n: int, url: str | None, queries: int, sql_queries: int, seed: int) ->
     planted = _planted(rng, qs)
     hashes = np.concatenate([rng.integers(0, 1 << 64, n - len(planted), dtype=np.uint64),
                              planted])
-    path = f"/tmp/cineforge_bench_dedup_{n}.db"
+    path = os.path.join(tempfile.gettempdir(), f"cineforge_bench_dedup_{n}.db")
     if url is None and os.path.exists(path):
         os.remove(path)
     engine = sa.create_engine(url or f"sqlite:///{path}")

@@ -67,3 +67,5 @@ def test_curate_cli_errors_are_one_line(tmp_path, capsys):
     assert "needs --encoder" in capsys.readouterr().err
     assert main(["curate", "run", "--db", db, "--encoder", "x:y", "--clip-frames", "8"]) == 2
     assert "frames = 1 + 4k" in capsys.readouterr().err
+    assert main(["curate", "run", "--db", db, "--workers", "0"]) == 2
+    assert "error: --workers must be >= 1, got 0" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from cineforge.data.curate.catalog import Caption, Scene, Shard
 from cineforge.data.curate.scenes import read_scene
+from cineforge.data.latents import EMPTY
 from cineforge.errors import CineforgeError
 
 STAGING = ".staging"
@@ -133,7 +134,11 @@ def write_staged(encoder, items: list[Prepared], config: EncodeConfig, token: st
     from cineforge.data.curate.shards import ShardWriter
 
     root = Path(config.shard_dir)
-    ShardWriter(root, meta=encoder.meta)  # writes or checks root/meta.json
+    empty = None  # the empty prompt's states, for the trainer's caption dropout (CFG)
+    if not (root / EMPTY).exists():
+        states = encoder.encode_text([""])
+        empty = None if states is None else states[0]
+    ShardWriter(root, meta=encoder.meta, empty_text=empty)  # writes or checks root/meta.json
     writer = ShardWriter(root / STAGING / token, meta=encoder.meta, name=token,
                          shard_size=len(items) + 1, encode=encoder.encode_video)
     texts = encoder.encode_text([it.caption for it in items])

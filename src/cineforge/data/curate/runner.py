@@ -113,7 +113,8 @@ def _encode_batch(ctx: StageContext, sessions, claims: list[Claim]) -> dict[str,
     """Encode a batch into staged shards, commit them with the tasks, then publish them."""
     cfg = ctx.config.encode
     if cfg is None:
-        raise CineforgeError("the encode stage needs an encoder; pass --encoder")
+        raise CineforgeError("the encode stage needs an encoder; pass {encoder}",
+                             fields=("encoder",))
     shard_dir, token = str(Path(cfg.shard_dir)), claims[0].token
     items, failed = [], {}
     for c in claims:
@@ -174,7 +175,7 @@ def run(db: str, config: CurateConfig, options: WorkOptions, workers: int = 1,
         progress: Callable[[dict[str, dict[str, int]]], None] | None = None) -> None:
     """Drain the tasks of ``options.stages`` with ``workers`` processes (1: this process)."""
     if workers < 1:
-        raise CineforgeError(f"--workers must be >= 1, got {workers}")
+        raise CineforgeError(f"{{workers}} must be >= 1, got {workers}", fields=("workers",))
     open_catalog(db).dispose()  # create the tables once, before the workers race to
     if workers == 1 and progress is None:
         work(db, config, options)

@@ -115,7 +115,8 @@ class StageContext:
             from cineforge.data.curate.captions import get_captioner
 
             if self.config.captioner is None:
-                raise CineforgeError("the caption stage needs a captioner; pass --captioner")
+                raise CineforgeError("the caption stage needs a captioner; pass {captioner}",
+                                     fields=("captioner",))
             self._captioner = get_captioner(self.config.captioner)
         return self._captioner
 
@@ -123,7 +124,8 @@ class StageContext:
     def encoder(self):
         if self._encoder is None:
             if self.config.encode is None:
-                raise CineforgeError("the encode stage needs an encoder; pass --encoder")
+                raise CineforgeError("the encode stage needs an encoder; pass {encoder}",
+                                     fields=("encoder",))
             self._encoder = load_encoder(self.config.encode)
         return self._encoder
 

@@ -18,18 +18,18 @@ from diffusers import (
 )
 
 from cineforge.errors import CineforgeError
-from cineforge.families.kandinsky5.flux_vae import FLUX_VAE_TINY, FluxVAE
-from cineforge.families.kandinsky5.hunyuan_vae import HUNYUAN_VAE_TINY, HunyuanVAE
+from cineforge.families.family import Components
 from cineforge.families.kandinsky5.dit import K5_DIT_TINY, Kandinsky5DiT
+from cineforge.families.kandinsky5.dit_keys import K5_DIT_FROM_DIFFUSERS
+from cineforge.families.kandinsky5.flux_vae import FLUX_VAE_TINY, FluxVAE
+from cineforge.families.kandinsky5.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS
+from cineforge.families.kandinsky5.hunyuan_vae import HUNYUAN_VAE_TINY, HunyuanVAE
+from cineforge.families.kandinsky5.hunyuan_vae_keys import HUNYUAN_VAE_FROM_DIFFUSERS
+from cineforge.families.kandinsky5.pipeline import Kandinsky5, release_schedule, video_rope_scale
 from cineforge.models.text_encoders import CLIPTextEncoder, PromptTemplate, Qwen25VLTextEncoder
 from cineforge.pipelines.common import VideoRequest
-from cineforge.families.kandinsky5.pipeline import Kandinsky5, release_schedule, video_rope_scale
 from cineforge.sampling import shift_time
-from cineforge.families.kandinsky5.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS
-from cineforge.families.kandinsky5.hunyuan_vae_keys import HUNYUAN_VAE_FROM_DIFFUSERS
-from cineforge.families.kandinsky5.dit_keys import K5_DIT_FROM_DIFFUSERS
 from cineforge.weights.keymap import load_strict
-from cineforge.weights.loader import Components
 from k5_oracles import TorchWithoutBF16, clip_tokenizer, qwen_tokenizer, tiny_clip, tiny_qwen
 from oracles import perturb
 

@@ -13,10 +13,15 @@ from diffusers import AutoencoderKL, AutoencoderKLHunyuanVideo, Kandinsky5Transf
 
 from cineforge.cli.main import main
 from cineforge.errors import CineforgeError
-from cineforge.io.video import read_video
+from cineforge.families import family as family_module
+from cineforge.families.family import Components, Family, detect_layout, load_model
+from cineforge.families.kandinsky5 import KANDINSKY5, KANDINSKY5_IMAGE
+from cineforge.families.kandinsky5.dit import K5_DIT_TINY, Kandinsky5DiT
 from cineforge.families.kandinsky5.flux_vae import FLUX_VAE, FLUX_VAE_TINY, FluxVAE
 from cineforge.families.kandinsky5.hunyuan_vae import HUNYUAN_VAE, HUNYUAN_VAE_TINY, HunyuanVAE
-from cineforge.families.kandinsky5.dit import K5_DIT_TINY, Kandinsky5DiT
+from cineforge.families.kandinsky5.pipeline import Kandinsky5
+from cineforge.families.registry import PRESETS, get_preset
+from cineforge.io.video import read_video
 from cineforge.models.text_encoders import (
     K5_IMAGE_TEMPLATE,
     K5_VIDEO_TEMPLATE,
@@ -25,15 +30,11 @@ from cineforge.models.text_encoders import (
     Qwen25VLTextEncoder,
 )
 from cineforge.pipelines.common import VideoRequest
-from cineforge.families.kandinsky5.pipeline import Kandinsky5
-from cineforge.pipelines.select import check_preset_request
-from cineforge.weights import loader
-from cineforge.weights.loader import Components, detect_layout, load_model
-from cineforge.weights.presets import PRESETS, get_preset
 from k5_oracles import clip_tokenizer, qwen_tokenizer, tiny_clip, tiny_qwen
 from oracles import perturb
 
-K5 = [name for name, p in PRESETS.items() if p.family.startswith("kandinsky5")]
+K5 = [name for name, p in PRESETS.items()  # the releases (the tiny presets have no files)
+      if p.family in (KANDINSKY5, KANDINSKY5_IMAGE) and p.hub_repo is not None]
 
 
 def test_release_settings():
@@ -95,12 +96,12 @@ def test_official_layout_loads_every_preset(name, tmp_path, monkeypatch):
         asked.append((Path(folder).relative_to(tmp_path).as_posix(), stem, hub_repo))
         return dit_sd if stem == preset.dit_file else vae_sd
 
-    monkeypatch.setattr(loader, "read_safetensors", fake_read)
+    monkeypatch.setattr(family_module, "read_safetensors", fake_read)
     dit, vae = load_model(preset, tmp_path, "dit"), load_model(preset, tmp_path, "vae")
     assert isinstance(dit, Kandinsky5DiT) and dit.config == preset.dit
     assert isinstance(vae, HunyuanVAE if preset.vae == HUNYUAN_VAE else FluxVAE)
     assert dit.state_dict().keys() == dit_sd.keys()  # identity names, nothing dropped
-    vae_dir = "vae" if preset.family == "kandinsky5" else "flux/vae"
+    vae_dir = "vae" if preset.family.name == "kandinsky5" else "flux/vae"
     assert asked == [("model", preset.dit_file, preset.hub_repo),
                      (vae_dir, "diffusion_pytorch_model", preset.vae_repo)]
 
@@ -108,7 +109,7 @@ def test_official_layout_loads_every_preset(name, tmp_path, monkeypatch):
 def test_official_layout_rejects_a_foreign_key(tmp_path, monkeypatch):
     preset = get_preset("kandinsky5-t2v-lite")
     dit_sd, _ = _diffusers_shapes(preset)
-    monkeypatch.setattr(loader, "read_safetensors",
+    monkeypatch.setattr(family_module, "read_safetensors",
                         lambda *a, **k: {**dit_sd, "lora_A.weight": torch.empty(1)})
     with pytest.raises(CineforgeError, match="match no rule"):
         load_model(preset, tmp_path, "dit", layout="official")
@@ -157,38 +158,52 @@ def test_text_encoder_sources(layout, present, want, tmp_path, monkeypatch):
     import cineforge.weights.text_encoders as te
 
     got = {}
-    monkeypatch.setattr(te, "load_qwen25vl", lambda src, *, tokenizer, template, max_length,
-                        dtype: got.update(qwen=(src, tokenizer, template, max_length)))
-    monkeypatch.setattr(te, "load_clip",
-                        lambda src, *, tokenizer: got.update(clip=(src, tokenizer)))
+
+    def fake_qwen(src, *, tokenizer, template, max_length, dtype):
+        got["qwen"] = (src, tokenizer, template, max_length)
+        return "qwen"
+
+    def fake_clip(src, *, tokenizer):
+        got["clip"] = (src, tokenizer)
+        return "clip"
+
+    monkeypatch.setattr(te, "load_qwen25vl", fake_qwen)
+    monkeypatch.setattr(te, "load_clip", fake_clip)
+    monkeypatch.setattr(te, "load_umt5", lambda folder, *, layout, dtype: "umt5")
     for d in present:
         (tmp_path / d).mkdir()
-    assert loader.load_pooled_encoder(get_preset("wan2.1-t2v-1.3b"), tmp_path) is None
+    wan = get_preset("wan2.1-t2v-1.3b")
+    assert wan.text.load(wan, tmp_path, layout, torch.float32) == ("umt5", None)  # no pooled
     for name, template, length in (("kandinsky5-t2v-lite", K5_VIDEO_TEMPLATE, 256),
                                    ("kandinsky5-t2i-lite", K5_IMAGE_TEMPLATE, 512)):
-        loader.load_text_encoder(get_preset(name), tmp_path, dtype=torch.float32, layout=layout)
-        loader.load_pooled_encoder(get_preset(name), tmp_path, layout=layout)
+        preset = get_preset(name)
+        assert preset.text.load(preset, tmp_path, layout, torch.float32) == ("qwen", "clip")
         sources = [*got["qwen"][:2], *got["clip"]]
         assert [s if isinstance(s, str) else s.relative_to(tmp_path).as_posix()
                 for s in sources] == want
         assert got["qwen"][2:] == (template, length)
 
 
+def _check(name: str, r: VideoRequest, **kwargs) -> None:
+    preset = get_preset(name)
+    preset.family.check_request(preset, r, **kwargs)
+
+
 def test_request_checks_before_loading():
     base = VideoRequest(prompt="a cat", width=768, height=512, frames=121, steps=2,
                         guidance=5.0, shift=10.0, solver="euler")
-    check_preset_request(get_preset("kandinsky5-t2v-lite"), base)
-    with pytest.raises(CineforgeError, match="4k\\+1"):
-        check_preset_request(get_preset("kandinsky5-t2v-lite"), dataclasses.replace(base, frames=8))
+    _check("kandinsky5-t2v-lite", base)
+    with pytest.raises(CineforgeError, match="^frames 8 is not of the form 4k\\+1"):
+        _check("kandinsky5-t2v-lite", dataclasses.replace(base, frames=8))
     with pytest.raises(CineforgeError, match="one frame"):
-        check_preset_request(get_preset("kandinsky5-t2i-lite"), base)
-    ten = get_preset("kandinsky5-t2v-lite-10s")  # NABLA: whole 8x8-patch tiles (128 px)
-    check_preset_request(ten, dataclasses.replace(base, frames=241))
+        _check("kandinsky5-t2i-lite", base)
+    # NABLA: whole 8x8-patch tiles (128 px)
+    _check("kandinsky5-t2v-lite-10s", dataclasses.replace(base, frames=241))
     with pytest.raises(CineforgeError, match="multiple of 128"):
-        check_preset_request(ten, dataclasses.replace(base, width=704))
-    check_preset_request(get_preset("kandinsky5-t2i-lite"), dataclasses.replace(base, frames=1))
+        _check("kandinsky5-t2v-lite-10s", dataclasses.replace(base, width=704))
+    _check("kandinsky5-t2i-lite", dataclasses.replace(base, frames=1))
     with pytest.raises(CineforgeError, match="'kandinsky5-t2v-lite' .* has no video-to-video"):
-        check_preset_request(get_preset("kandinsky5-t2v-lite"), base, init_video=True)
+        _check("kandinsky5-t2v-lite", base, init_video=True)
 
 
 def _tiny_components(video: bool) -> Components:
@@ -204,15 +219,14 @@ def _tiny_components(video: bool) -> Components:
 @pytest.mark.parametrize(("preset", "out", "frames"),
                          [("kandinsky5-t2v-lite", "v.mp4", 5), ("kandinsky5-t2i-lite", "i.png", 1)])
 def test_cli_routes_kandinsky5_presets(preset, out, frames, tmp_path, monkeypatch):
-    import cineforge.cli.generate as gen
-    import cineforge.pipelines.select as select
+    import cineforge.api as api
 
     video = preset == "kandinsky5-t2v-lite"
-    monkeypatch.setattr(gen, "load_pipeline_components",
-                        lambda p, folder, dtype: _tiny_components(video))
+    monkeypatch.setattr(api, "load_components", lambda p, folder, dtype: _tiny_components(video))
     made = []
-    real = select.pipeline_for
-    monkeypatch.setattr(gen, "pipeline_for", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    real = Family.make_pipeline
+    monkeypatch.setattr(Family, "make_pipeline",
+                        lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     code = main(["generate", "a red ball", "--preset", preset, "--size", "64x64", "--frames",
                  str(frames), "--steps", "2", "--out", str(tmp_path / out), "--device", "cpu"])
     assert code == 0
@@ -220,3 +234,14 @@ def test_cli_routes_kandinsky5_presets(preset, out, frames, tmp_path, monkeypatc
     frames_read, _ = read_video(tmp_path / out)
     assert frames_read.shape == (frames, 64, 64, 3)
     assert np.std(frames_read) > 1.0
+
+
+def test_tiny_presets_take_their_text_encoders_from_the_folder_only(tmp_path):
+    """The toy presets name no hub text encoders (a 7B download for a toy): a folder without
+    them is a one-line error, not a silent fallback to the release's Qwen2.5-VL."""
+    for name in ("kandinsky5-t2v-tiny", "kandinsky5-t2i-tiny"):
+        preset = get_preset(name)
+        assert preset.text.dim == preset.dit.text_dim and not preset.text_repos
+        with pytest.raises(CineforgeError, match="takes its text encoders from the weights "
+                                                 "folder, but .* has no text_encoder, tokenizer"):
+            preset.text.load(preset, tmp_path, "cineforge", torch.float32)

@@ -9,13 +9,13 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
 from cineforge.errors import CineforgeError
+from cineforge.families.family import Components
 from cineforge.families.wan.dit import WAN_DIT_TINY, WanDiT
-from cineforge.families.wan.vae import WAN_VAE_TINY, WanVAE
-from cineforge.families.wan.pipeline import TextToVideo, VideoRequest
-from cineforge.weights.keymap import load_strict
-from cineforge.weights.loader import Components
 from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS
+from cineforge.families.wan.pipeline import TextToVideo, VideoRequest
+from cineforge.families.wan.vae import WAN_VAE_TINY, WanVAE
 from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS
+from cineforge.weights.keymap import load_strict
 from oracles import tiny_wan_transformer, tiny_wan_vae
 
 SCHEDULERS = {

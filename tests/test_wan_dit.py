@@ -9,26 +9,22 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cineforge.errors import CineforgeError
-from cineforge.models.attention import register_attention_backend
-from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
 from cineforge.families.wan.dit import (
-    ABS_POSITION_FEATURES,
     WAN_DIT_1_3B,
     WAN_DIT_14B,
     WAN_DIT_TINY,
     WanDiT,
     WanDiTConfig,
-    abs_position_features,
     pad_context,
-    pool_text,
     wan_dit_flops,
 )
-from cineforge.weights.keymap import check_state_dict, load_strict
 from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL
+from cineforge.models.attention import register_attention_backend
+from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
+from cineforge.weights.keymap import check_state_dict, load_strict
 
 PARITY_TOL = 1e-4
 
@@ -220,88 +216,6 @@ def test_init_weights_is_reproducible_and_zero_velocity():
         assert torch.equal(pa, pb), name
     out = a(torch.randn(1, 16, 1, 4, 4), torch.tensor(0.5), torch.randn(1, 3, 32))
     assert out.shape == (1, 16, 1, 4, 4) and out.abs().max() == 0
-
-
-def _extension_pair(seed: int, prefix: str, **extension) -> tuple[WanDiT, WanDiT]:
-    """WAN_DIT_TINY with a cineforge extension (release init from ``seed``), and the plain model
-    with the same weights minus the keys starting with ``prefix``; both output layers are
-    randomised alike, so the zero-initialised head hides no difference."""
-    model = WanDiT(dataclasses.replace(WAN_DIT_TINY, **extension)).init_weights(_gen(seed))
-    plain = WanDiT(WAN_DIT_TINY)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items()
-                           if not k.startswith(prefix)})
-    for m in (model, plain):
-        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(seed + 1))
-    return model, plain
-
-
-def test_abs_position_is_an_added_term_that_marks_each_axis():
-    """``abs_position`` (cineforge's extension): with ``pos_embedding`` zeroed the model equals
-    the plain one with the same weights; initialised, the term varies by about 0.3 per channel
-    between tokens, so a token's output depends on its absolute index from the first step; the
-    features are raster-ordered sinusoids of (frame, row, col)."""
-    model, plain = _extension_pair(7, "pos_embedding.", abs_position=True)
-    term = model._abs_position([(3, 4, 6)], torch.device("cpu"))[0]  # L, dim
-    assert 0.1 < term.std(0).mean() < 0.6
-    g = _gen(9)
-    x, context = torch.randn(2, 16, 3, 4, 6, generator=g), torch.randn(2, 5, 32, generator=g)
-    t = torch.tensor(0.6)
-    with torch.no_grad():
-        assert (model(x, t, context) - plain(x, t, context)).abs().max() > 1e-2
-        nn.init.zeros_(model.pos_embedding.weight)
-        assert torch.equal(model(x, t, context), plain(x, t, context))
-
-    feats = abs_position_features((3, 4, 6), torch.device("cpu")).view(3, 4, 6, 3, -1)
-    n = ABS_POSITION_FEATURES // 2
-    freqs = 100.0 ** -(torch.arange(n, dtype=torch.float64) / n)
-    for axis, index in enumerate((2, 3, 5)):
-        token = [0, 0, 0]
-        token[axis] = index
-        expected = torch.cat([(index * freqs).cos(), (index * freqs).sin()]).float()
-        torch.testing.assert_close(feats[tuple(token)][axis], expected)
-    for axis, alone in enumerate(((1, 0, 0), (0, 2, 0), (0, 0, 3))):  # each axis its own index
-        assert torch.equal(feats[1, 2, 3][axis], feats[alone][axis])
-
-
-def test_position_table_gives_each_token_its_own_vector():
-    """``abs_position_table``: token (f, y, x) of any grid that fits gets table[f, y, x] added
-    to its patch embedding; a larger grid is refused with the table's size in the message."""
-    model, plain = _extension_pair(7, "pos_table", abs_position_table=(3, 4, 6))
-    table = model.pos_table.detach()
-    assert 0.2 < table.std() < 0.4
-    term = model._abs_position([(3, 4, 6), (1, 2, 3)], torch.device("cpu"))[0]
-    torch.testing.assert_close(term[:72], table.reshape(72, -1), rtol=0, atol=0)
-    torch.testing.assert_close(term[72:], table[0, :2, :3].reshape(6, -1), rtol=0, atol=0)
-    g = _gen(9)
-    x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
-    with torch.no_grad():
-        assert (model(x, 0.6, context) - plain(x, 0.6, context)).abs().max() > 1e-2
-        nn.init.zeros_(model.pos_table)
-        assert torch.equal(model(x, 0.6, context), plain(x, 0.6, context))
-        with pytest.raises(CineforgeError, match=r"larger than this model's position table "
-                                                 r"\(3, 4, 6\)"):
-            model(torch.randn(1, 16, 4, 8, 12), 0.6, context[:1])
-    with pytest.raises(ValueError, match="abs_position_table"):
-        dataclasses.replace(WAN_DIT_TINY, abs_position_table=(3, 4))
-
-
-def test_pooled_text_adds_the_mean_text_state_to_the_time_embedding():
-    """``pooled_text``: a fresh model equals one without it (zero output layer); trained, it
-    adds ``MLP(mean of the non-padding text rows)`` to e, so zero padding does not change it."""
-    model, plain = _extension_pair(10, "text_pool_embedding.", pooled_text=True)
-    g = _gen(12)
-    x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
-    padded = pad_context(context, WAN_DIT_TINY.text_len)
-    with torch.no_grad():
-        assert torch.equal(model(x, 0.6, padded), plain(x, 0.6, padded))
-        nn.init.normal_(model.text_pool_embedding[2].weight, std=0.5, generator=_gen(13))
-        assert (model(x, 0.6, padded) - plain(x, 0.6, padded)).abs().max() > 1e-2
-        t = torch.full((2,), 0.6)
-        pooled = pool_text(padded)
-        torch.testing.assert_close(pooled, context.mean(1), rtol=0, atol=1e-6)
-        e, _ = model._time_embedding(t)
-        e_text, _ = model._time_embedding(t, pooled)
-        torch.testing.assert_close(e_text - e, model.text_pool_embedding(context.mean(1)))
 
 
 def test_bad_inputs_and_configs_raise():

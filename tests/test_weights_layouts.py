@@ -11,10 +11,10 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from safetensors.torch import save_file
 
 from cineforge.errors import CineforgeError
+from cineforge.families.family import detect_layout, load_components, load_model, save_components
+from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiT
 from cineforge.families.wan.vae import WanVAE
-from cineforge.weights.loader import detect_layout, load_model, load_pipeline_components
-from cineforge.weights.presets import get_preset
 from cineforge.families.wan.vae_keys import WAN_VAE_FROM_OFFICIAL
 from oracles import official_vae_state_dict, perturb, tiny_wan_transformer, tiny_wan_vae
 
@@ -54,7 +54,7 @@ def test_official_sharded_layout_loads_exactly(tmp_path):
     dit, vae = _reference_models()
     _write_official(tmp_path, dit, vae)
     assert detect_layout(PRESET, tmp_path) == "official"
-    parts = load_pipeline_components(PRESET, tmp_path)
+    parts = load_components(PRESET, tmp_path)
     for ours, ref in ((parts.dit, dit), (parts.vae, vae)):
         got, want = ours.state_dict(), ref.state_dict()
         assert got.keys() == want.keys()
@@ -108,40 +108,41 @@ def test_bf16_load_keeps_values(tmp_path):
 
 
 def test_embedded_preset_loads_without_a_folder(tmp_path, monkeypatch):
-    from cineforge.weights import loader
-    from cineforge.weights.loader import save_components
+    from cineforge.families import family
 
     dit, vae = _reference_models()
     save_components(tmp_path / "toy", dit=dit, vae=vae, dtype=torch.float16)
-    monkeypatch.setattr(loader, "ASSETS", tmp_path)
+    monkeypatch.setattr(family, "ASSETS", tmp_path)
     embedded = dataclasses.replace(PRESET, embedded="toy")
-    parts = load_pipeline_components(embedded, None)
+    parts = load_components(embedded, None)
     assert parts.dit.patch_embedding.weight.dtype == torch.float32  # fp16 files, fp32 model
     torch.testing.assert_close(parts.dit.patch_embedding.weight,
                                dit.patch_embedding.weight.half().float())
-    with pytest.raises(CineforgeError, match="needs --weights"):
-        load_pipeline_components(PRESET, None)
+    with pytest.raises(CineforgeError, match="needs weights=DIR"):
+        load_components(PRESET, None)
 
 
 def test_cineforge_export_is_built_from_its_own_config(tmp_path):
     """A cineforge-layout folder with ``dit.json`` (what ``cineforge train`` exports) loads
-    the model that config describes, here with ``abs_position``, under the preset it was
-    trained for; without the JSON the preset's config is used, and refuses those weights."""
+    the model that config describes, here with a larger position table, under the preset it
+    was trained for; without the JSON the preset's config is used, and refuses those weights."""
     from cineforge.weights.files import write_model_config
-    from cineforge.weights.loader import save_components
 
-    _, vae = _reference_models()
-    grown = dataclasses.replace(PRESET.dit, abs_position=True)
-    dit = perturb(WanDiT(grown), 7)
+    demo = get_preset("demo-tiny")
+    grown = dataclasses.replace(demo.dit, position_table=(5, 4, 6))
+    assert grown != demo.dit
+    torch.manual_seed(0)
+    dit = perturb(demo.family.build("dit", grown), 7)
+    vae = demo.family.build("vae", demo.vae)
     save_components(tmp_path, dit=dit, vae=vae)
-    with pytest.raises(CineforgeError, match="unexpected .*pos_embedding"):
-        load_model(PRESET, tmp_path, "dit")
+    with pytest.raises(CineforgeError, match="shape mismatches .*pos_table"):
+        load_model(demo, tmp_path, "dit")
     write_model_config(grown, tmp_path / "dit.json")
-    loaded = load_model(PRESET, tmp_path, "dit")
+    loaded = load_model(demo, tmp_path, "dit")
     assert loaded.config == grown
     x, t, ctx = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, ctx), dit(x, t, ctx), rtol=0, atol=1e-5)
     write_model_config(vae.config, tmp_path / "dit.json")  # the wrong kind of config
-    with pytest.raises(CineforgeError, match="holds a WanVAEConfig, not a WanDiTConfig"):
-        load_model(PRESET, tmp_path, "dit")
+    with pytest.raises(CineforgeError, match="holds a CompactVAEConfig, not a DemoDiTConfig"):
+        load_model(demo, tmp_path, "dit")

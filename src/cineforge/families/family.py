@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -110,6 +111,10 @@ class Family:
     text_encoder: TextEncoderSpec
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # read-only mappings: a family is shared by its presets
+        object.__setattr__(self, "layouts", MappingProxyType(dict(self.layouts)))
+        object.__setattr__(self, "pipeline_options", MappingProxyType(dict(self.pipeline_options)))
+
     def model_class(self, part: str) -> type[nn.Module]:
         return {"dit": self.dit_class, "vae": self.vae_class}[part]
 
@@ -122,7 +127,7 @@ class Family:
         ``init_video``: the request starts from a video (video-to-video)."""
         if init_video and not self.pipeline.video_to_video:
             raise CineforgeError(f"preset {preset.name!r} ({self.name}) has no video-to-video; "
-                                 "drop {video}, or use a Wan preset such as 'demo'",
+                                 "drop {video}, or use the demo or a Wan 2.1 preset",
                                  fields=("video",))
         self.pipeline.check_request(r, preset.dit, preset.vae, **self.pipeline_options)
 

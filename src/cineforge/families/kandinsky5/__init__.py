@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from cineforge.errors import CineforgeError
 from cineforge.families.family import (
     CINEFORGE_LAYOUT,
     Family,
@@ -74,12 +75,17 @@ def _layouts(vae_dir: str, vae_keys) -> dict[str, Layout]:
 def text_sources(preset: Preset, folder: Path | None, layout: str | None) -> list[Path | str]:
     """Kandinsky's (Qwen model, Qwen tokenizer, CLIP model, CLIP tokenizer): the layout's
     folders where ``folder`` holds them, else the hub ids of ``preset.text_repos``."""
-    repos = [preset.text_repos[0]] * 2 + [preset.text_repos[1]] * 2
-    if folder is None or layout is None:
-        return repos
-    dirs = preset.family.layouts[layout].text_dirs or (None,) * 4
+    repos = [preset.text_repos[0]] * 2 + [preset.text_repos[1]] * 2 if preset.text_repos \
+        else [None] * 4
+    dirs = (preset.family.layouts[layout].text_dirs if folder is not None and layout is not None
+            else ()) or (None,) * 4
     paths = [None if d is None else Path(folder) / d for d in dirs]
-    return [p if p is not None and p.is_dir() else r for p, r in zip(paths, repos, strict=True)]
+    found = [p if p is not None and p.is_dir() else r for p, r in zip(paths, repos, strict=True)]
+    if None in found:
+        raise CineforgeError(f"preset {preset.name} takes its text encoders from the weights "
+                             f"folder, but {folder} has no {', '.join(dict.fromkeys(dirs))}",
+                             fields=("weights",))
+    return found
 
 
 def _text_loader(template: PromptTemplate):
@@ -210,7 +216,23 @@ K5_T2I_LITE = dataclasses.replace(
     vae_repo="black-forest-labs/FLUX.1-dev",
 )
 
+# The architectures at toy size, random weights (tests; bring your own weights and text
+# encoders, in the weights folder: tiny Qwen2.5-VL and CLIP with the tiny DiT's widths).
+_TINY_TEXT = dict(text_len=16, text_repos=(), hub_repo=None, diffusers_repo=None, vae_repo=None,
+                  sampler=SamplerDefaults(steps=4, guidance=5.0, shift=3.0, solver="euler"))
+K5_T2V_TINY = dataclasses.replace(
+    K5_T2V_LITE, name="kandinsky5-t2v-tiny", dit=K5_DIT_TINY, vae=HUNYUAN_VAE_TINY,
+    summary="Kandinsky 5 video architecture at toy size (tests; bring your own weights)",
+    text_encoder=dataclasses.replace(QWEN_VIDEO, dim=K5_DIT_TINY.text_dim,
+                                     pooled_dim=K5_DIT_TINY.pooled_dim),
+    width=64, height=64, frames=9, dit_file="kandinsky5_tiny", **_TINY_TEXT)
+K5_T2I_TINY = dataclasses.replace(
+    K5_T2V_TINY, name="kandinsky5-t2i-tiny", family=KANDINSKY5_IMAGE, vae=FLUX_VAE_TINY,
+    summary="Kandinsky 5 image architecture at toy size (tests; bring your own weights)",
+    text_encoder=dataclasses.replace(QWEN_IMAGE, dim=K5_DIT_TINY.text_dim,
+                                     pooled_dim=K5_DIT_TINY.pooled_dim), frames=1)
+
 PRESETS = (
     K5_T2V_LITE, K5_T2V_LITE_10S, K5_T2V_LITE_NOCFG, K5_T2V_LITE_NOCFG_10S, K5_T2V_LITE_DISTILL,
-    K5_T2V_LITE_DISTILL_10S, K5_T2V_PRO, K5_T2V_PRO_10S, K5_T2I_LITE,
+    K5_T2V_LITE_DISTILL_10S, K5_T2V_PRO, K5_T2V_PRO_10S, K5_T2I_LITE, K5_T2V_TINY, K5_T2I_TINY,
 )

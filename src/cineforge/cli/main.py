@@ -99,13 +99,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from cineforge.families.registry import PRESETS
 
-    rows = [("preset", "size", "frames", "steps", "weights")]
+    rows = [("preset", "family", "size", "frames", "steps", "weights")]
     for p in PRESETS.values():
         source = ("embedded (no download)" if p.embedded
                   else p.hub_repo or "your own folder (--weights)")
         if p.diffusers_repo:
             source += f" or {p.diffusers_repo}"
-        rows.append((p.name, f"{p.width}x{p.height}", str(p.frames), str(p.sampler.steps), source))
+        rows.append((p.name, p.family.name, f"{p.width}x{p.height}", str(p.frames),
+                     str(p.sampler.steps), source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])

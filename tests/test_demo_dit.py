@@ -13,17 +13,7 @@ from torch import nn
 from cineforge.errors import CineforgeError
 from cineforge.families.demo.dit import DemoDiT, DemoDiTConfig, pool_text
 from cineforge.families.wan.dit import WAN_DIT_TINY, WanDiT, pad_context
-
-TOL = 1e-5
-# Packed items: an image, a 5-frame clip, a 3-frame clip of another aspect ratio, a 2-frame
-# clip; token grids (1, 4, 4), (5, 4, 4), (3, 4, 6), (2, 2, 3) all fit a (5, 4, 6) table.
-SHAPES = ((16, 1, 8, 8), (16, 5, 8, 8), (16, 3, 8, 12), (16, 2, 4, 6))
-TEXT_TOKENS = (5, 16, 1, 9)  # before padding to text_len 16
-TIMES = (0.9, 0.05, 0.5, 0.31)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from packed_items import assert_packed_equals_per_item, gen, perturbed
 
 
 def _config(**extension) -> DemoDiTConfig:
@@ -34,12 +24,12 @@ def _demo_and_wan(seed: int, **extension) -> tuple[DemoDiT, WanDiT]:
     """A tiny DemoDiT with ``extension`` (its init from ``seed``) and the WanDiT with the same
     weights minus the extension's; both output layers are randomised alike, so the
     zero-initialised head hides no difference."""
-    model = DemoDiT(_config(**extension)).init_weights(_gen(seed))
+    model = DemoDiT(_config(**extension)).init_weights(gen(seed))
     plain = WanDiT(WAN_DIT_TINY)
     own = model.state_dict()
     plain.load_state_dict({k: own[k] for k in plain.state_dict()})
     for m in (model, plain):
-        nn.init.normal_(m.head.head.weight, std=0.1, generator=_gen(seed + 1))
+        nn.init.normal_(m.head.head.weight, std=0.1, generator=gen(seed + 1))
     return model.eval(), plain.eval()
 
 
@@ -48,7 +38,7 @@ def test_without_extensions_it_is_wan_exactly():
     same outputs bit for bit, per batch and packed; neither model adds an extra term."""
     model, plain = _demo_and_wan(3)
     assert model.state_dict().keys() == plain.state_dict().keys()
-    g = _gen(4)
+    g = gen(4)
     x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
     latents, t, contexts = [x[0], x[1, :, :1]], torch.tensor([0.2, 0.7]), list(context)
     with torch.no_grad():
@@ -68,7 +58,7 @@ def test_position_table_gives_each_token_its_own_vector():
     model, plain = _demo_and_wan(7, position_table=(3, 4, 6))
     table = model.pos_table.detach()
     assert 0.2 < table.std() < 0.4
-    g = _gen(9)
+    g = gen(9)
     x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
     term, time_term = model.extra_terms([(3, 4, 6), (1, 2, 3)], context)
     assert term.shape == (1, 78, 32) and time_term is None
@@ -89,12 +79,12 @@ def test_pooled_text_adds_the_mean_text_state_to_the_time_embedding():
     """``pooled_text``: a fresh model equals Wan's (zero output layer); trained, it adds
     ``MLP(mean of the non-padding text rows)`` to e, so zero padding does not change it."""
     model, plain = _demo_and_wan(10, pooled_text=True)
-    g = _gen(12)
+    g = gen(12)
     x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
     padded = pad_context(context, WAN_DIT_TINY.text_len)
     with torch.no_grad():
         assert torch.equal(model(x, 0.6, padded), plain(x, 0.6, padded))
-        nn.init.normal_(model.text_pool_embedding[2].weight, std=0.5, generator=_gen(13))
+        nn.init.normal_(model.text_pool_embedding[2].weight, std=0.5, generator=gen(13))
         assert (model(x, 0.6, padded) - plain(x, 0.6, padded)).abs().max() > 1e-2
         pooled = pool_text(padded)
         torch.testing.assert_close(pooled, context.mean(1), rtol=0, atol=1e-6)
@@ -110,32 +100,13 @@ def test_pooled_text_adds_the_mean_text_state_to_the_time_embedding():
 
 @functools.cache
 def _perturbed(table: tuple[int, ...], pooled: bool) -> DemoDiT:
-    """A tiny DemoDiT with its init, then every parameter perturbed (so no zero layer or
-    unit norm hides a mistake)."""
-    model = DemoDiT(_config(position_table=table, pooled_text=pooled)).init_weights(_gen(0))
-    g = _gen(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return perturbed(DemoDiT(_config(position_table=table, pooled_text=pooled)))
 
 
 @pytest.mark.parametrize(("table", "pooled"), [((5, 4, 6), False), ((), True)],
                          ids=["position_table", "pooled_text"])
 @pytest.mark.parametrize("pad", [True, False], ids=["padded_text", "trimmed_text"])
 def test_forward_packed_equals_forward_per_item(pad, table, pooled):
-    """Each extension's terms follow their item in a pack: packed == per-item forward."""
-    model = _perturbed(table, pooled)
-    g = _gen(2)
-    latents = [torch.randn(s, generator=g) for s in SHAPES]
-    contexts = [torch.randn(n, 32, generator=g) for n in TEXT_TOKENS]
-    if pad:
-        contexts = [pad_context(c[None], WAN_DIT_TINY.text_len)[0] for c in contexts]
-    t = torch.tensor(TIMES)
-    with torch.no_grad():
-        packed = model.forward_packed(latents, t, contexts)
-        alone = [model(x[None], t[i : i + 1], c[None])[0]
-                 for i, (x, c) in enumerate(zip(latents, contexts, strict=True))]
-    assert [p.shape for p in packed] == list(SHAPES)
-    assert min(a.abs().max().item() for a in alone) > 0.5  # a real signal per item
-    assert max((p - a).abs().max().item() for p, a in zip(packed, alone, strict=True)) <= TOL
+    """Each extension's terms follow their item in a pack (the packed items' token grids
+    all fit a (5, 4, 6) table): packed == per-item forward."""
+    assert_packed_equals_per_item(_perturbed(table, pooled), pad)

@@ -11,7 +11,7 @@ import torch
 
 from cineforge.errors import CineforgeError
 from cineforge.families.wan import dit as wan_dit
-from cineforge.families.wan.dit import WAN_DIT_TINY, WanBlock, WanDiT, pad_context
+from cineforge.families.wan.dit import WAN_DIT_TINY, WanBlock, WanDiT
 from cineforge.models.attention import sdpa_attention
 from cineforge.models.packing import (
     block_diagonal_mask,
@@ -21,60 +21,30 @@ from cineforge.models.packing import (
 )
 from cineforge.models.rope import rope_cis_3d, wan_rope_axis_dims
 from cineforge.train.packing import TokenPacker, fill_ratio, pack_indices
-
-TOL = 1e-5
-# An image, a 5-frame clip, a 3-frame clip of another aspect ratio, a small 2-frame clip.
-SHAPES = ((16, 1, 8, 8), (16, 5, 8, 8), (16, 3, 8, 12), (16, 2, 4, 6))
-TEXT_TOKENS = (5, 16, 1, 9)  # before padding to text_len 16
-TIMES = (0.9, 0.05, 0.5, 0.31)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from packed_items import (
+    SHAPES,
+    TOL,
+    assert_packed_equals_per_item,
+    gen,
+    max_diff,
+    packed_inputs,
+    perturbed,
+)
 
 
 @functools.cache
 def _model() -> WanDiT:
-    """WAN_DIT_TINY with the release's init, then every parameter perturbed (so the zero
-    output layer and unit norms do not hide a mistake)."""
-    model = WanDiT(WAN_DIT_TINY).init_weights(_gen(0))
-    g = _gen(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def _inputs(pad: bool = True):
-    g = _gen(2)
-    latents = [torch.randn(s, generator=g) for s in SHAPES]
-    contexts = [torch.randn(n, 32, generator=g) for n in TEXT_TOKENS]
-    if pad:
-        contexts = [pad_context(c[None], WAN_DIT_TINY.text_len)[0] for c in contexts]
-    return latents, torch.tensor(TIMES), contexts
-
-
-def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    assert [x.shape for x in a] == [y.shape for y in b]
-    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+    return perturbed(WanDiT(WAN_DIT_TINY))
 
 
 @pytest.mark.parametrize("pad", [True, False], ids=["padded_text", "trimmed_text"])
 def test_forward_packed_equals_forward_per_item(pad):
-    model = _model()
-    latents, t, contexts = _inputs(pad)
-    with torch.no_grad():
-        packed = model.forward_packed(latents, t, contexts)
-        alone = [model(x[None], t[i : i + 1], c[None])[0]
-                 for i, (x, c) in enumerate(zip(latents, contexts, strict=True))]
-    assert [p.shape for p in packed] == list(SHAPES)
-    assert min(a.abs().max().item() for a in alone) > 0.5  # a real signal per item
-    assert _max_diff(packed, alone) <= TOL
+    assert_packed_equals_per_item(_model(), pad)
 
 
 def test_one_item_pack_and_scalar_time_equal_forward():
     model = _model()
-    latents, _, contexts = _inputs()
+    latents, _, contexts = packed_inputs()
     with torch.no_grad():
         (packed,) = model.forward_packed(latents[2:3], 0.4, contexts[2:3])  # no mask at all
         shared = model.forward_packed(latents, 0.4, contexts)  # one time for every item
@@ -87,20 +57,20 @@ def test_masks_and_per_item_times_matter(monkeypatch):
     """Without the masks, or with one time for all items, the pack differs from per-item
     runs: the equality above is not a coincidence of weak cross-item coupling."""
     model = _model()
-    latents, t, contexts = _inputs()
+    latents, t, contexts = packed_inputs()
     with torch.no_grad():
         packed = model.forward_packed(latents, t, contexts)
         one_time = model.forward_packed(latents, t[:1], contexts)
         monkeypatch.setattr(wan_dit, "block_diagonal_mask", lambda *args: None)
         unmasked = model.forward_packed(latents, t, contexts)
-    assert _max_diff(packed, one_time) > 1e-2
-    assert _max_diff(packed, unmasked) > 1e-2
+    assert max_diff(packed, one_time) > 1e-2
+    assert max_diff(packed, unmasked) > 1e-2
 
 
 def test_forward_packed_gradients_equal_sum_of_per_item_gradients():
     model = _model()
-    latents, t, contexts = _inputs()
-    g = _gen(3)
+    latents, t, contexts = packed_inputs()
+    g = gen(3)
     # A random linear loss per item, averaged over all elements as the trainer's MSE is (so
     # gradients are O(1e-2) and the bound measures the packing, not fp32 rounding of sums).
     total = sum(torch.Size(s).numel() for s in SHAPES)
@@ -128,7 +98,7 @@ def test_forward_packed_gradients_equal_sum_of_per_item_gradients():
 
 def test_block_accepts_per_token_and_per_sample_modulation():
     block = WanBlock(WAN_DIT_TINY, sdpa_attention)
-    g = _gen(4)
+    g = gen(4)
     x, e0 = torch.randn(2, 12, 32, generator=g), torch.randn(2, 1, 6, 32, generator=g)
     context = torch.randn(2, 7, 32, generator=g)
     cis = rope_cis_3d((1, 3, 4), wan_rope_axis_dims(16))
@@ -162,7 +132,7 @@ def test_packed_rope_restarts_per_item():
 
 def test_forward_packed_bad_inputs_raise():
     model = _model()
-    latents, t, contexts = _inputs()
+    latents, t, contexts = packed_inputs()
     with pytest.raises(CineforgeError, match="needs 4 contexts"):
         model.forward_packed(latents, t, contexts[:3])
     with pytest.raises(CineforgeError, match="one time per item"):
@@ -181,7 +151,7 @@ def test_forward_packed_bad_inputs_raise():
 
 
 def _stream_counts(n: int, seed: int = 0) -> list[int]:
-    g = _gen(seed)
+    g = gen(seed)
     return [(16, 80)[int(b)] for b in torch.rand(n, generator=g) < 0.5]
 
 

@@ -26,6 +26,7 @@ from cineforge.data.curate.runner import WorkOptions, _encode_batch, run
 from cineforge.data.curate.scenes import read_scene
 from cineforge.data.curate.shards import ShardDataset
 from cineforge.data.curate.stages import CurateConfig, StageContext
+from cineforge.data.latents import EMPTY
 from cineforge.errors import CineforgeError
 from curate_corpus import PoolEncoder, clip, write
 
@@ -89,7 +90,8 @@ def test_lost_claim_publishes_nothing(catalog):
     assert counts == {"done": 0, "failed": 0, "lost": 3}
     with sessions() as s:
         assert s.execute(select(func.count()).select_from(Shard)).scalar_one() == 0
-    assert not list(Path(config.encode.shard_dir).rglob("*.safetensors"))
+    written = Path(config.encode.shard_dir).rglob("*.safetensors")
+    assert [p.name for p in written] == [EMPTY]  # the folder's empty-prompt states, no shard
 
 
 def test_death_between_commit_and_publish_is_rolled_forward(catalog, monkeypatch):

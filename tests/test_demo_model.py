@@ -13,11 +13,11 @@ import torch
 from safetensors import safe_open
 
 from cineforge.eval.shapes import analyze_clip
-from cineforge.io.video import read_video
 from cineforge.families.demo.dit import DemoDiTConfig
 from cineforge.families.demo.vae import CompactVAEConfig
 from cineforge.families.family import ASSETS
 from cineforge.families.registry import get_preset
+from cineforge.io.video import read_video
 from cineforge.train.config import load_config
 from cineforge.train.models import model_config
 from cineforge.weights.files import read_model_config
@@ -49,8 +49,11 @@ def test_demo_files_are_fp16_under_40_mb_and_match_the_preset():
 
 
 def test_last_demo_training_stage_builds_the_shipped_dit():
-    """The preset's comment names the config chain; its last stage trained the shipped DiT."""
-    config, preset = load_config(ROOT / "configs" / "demo_dit_p4.yaml"), get_preset("demo")
+    """The last stage of the demo's recipe trained the shipped DiT."""
+    from cineforge.train.recipe import load_recipe
+
+    last = load_recipe(ROOT / "configs" / "demo" / "recipe.yaml").stages[-1]
+    config, preset = load_config(last.config), get_preset("demo")
     assert model_config(config.model, "dit") == (preset.family, preset.dit)
     assert config.flow.frame_noise_share == preset.sampler.frame_noise_share
 

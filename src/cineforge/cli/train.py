@@ -1,13 +1,15 @@
-"""``cineforge train vae|dit|cache|export``: a thin shell over ``cineforge.train.run``.
+"""``cineforge train vae|dit|cache|export|recipe``: a thin shell over ``cineforge.train``.
 
-    cineforge train vae --config configs/demo_vae.yaml [--set optim.lr=3e-4 ...] [--out DIR]
-    cineforge train dit --config configs/demo_dit.yaml     (builds the latent cache first)
-    cineforge train cache --config configs/demo_dit.yaml   (only the latent cache)
-    cineforge train export --run runs/demo_dit [--out DIR] [--checkpoint FILE]
+    cineforge train vae --config configs/demo/vae.yaml [--set optim.lr=3e-4 ...] [--out DIR]
+    cineforge train dit --config configs/demo/p2.yaml      (builds the latent cache first)
+    cineforge train cache --config configs/demo/p2.yaml    (only the latent cache)
+    cineforge train export --run runs/demo/p2 [--out DIR] [--checkpoint FILE] [--raw]
+    cineforge train recipe configs/demo/recipe.yaml [--out-root DIR] [--until STAGE]
 
 A run resumes from the newest checkpoint in its folder by default (``--resume auto``);
 ``--resume no`` starts afresh (refused if the folder has checkpoints) and ``--resume FILE``
-continues from a given checkpoint. Only argparse is imported here: torch loads when a
+continues from a given checkpoint. ``recipe`` runs a recipe's stages in order, each resumed
+the same way (``cineforge.train.recipe``). Only argparse is imported here: torch loads when a
 command runs.
 """
 
@@ -53,6 +55,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--checkpoint", help="checkpoint file (default: the newest)")
     export.add_argument("--raw", action="store_true",
                         help="the optimised weights instead of their EMA (e.g. to start a stage)")
+    recipe = commands.add_parser("recipe", help="train a recipe's stages in order (resuming)")
+    recipe.add_argument("recipe", help="recipe file (e.g. configs/demo/recipe.yaml)")
+    recipe.add_argument("--out-root", metavar="DIR",
+                        help="folder for the runs instead of the recipe's root")
+    recipe.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    recipe.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -61,6 +69,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.train_command == "export":
         print(run.export_run(args.run_dir, args.out, args.checkpoint, raw=args.raw))
+        return 0
+    if args.train_command == "recipe":
+        from cineforge.train.recipe import run_recipe
+
+        for stage, export in run_recipe(args.recipe, out_root=args.out_root, until=args.until,
+                                        progress=not args.no_progress):
+            print(f"{stage}: {export}")
         return 0
     task = "dit" if args.train_command == "cache" else args.train_command
     tree = read_tree(args.config, args.set)

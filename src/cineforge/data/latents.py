@@ -86,11 +86,16 @@ class LatentItems:
                 else torch.zeros(0, self.meta.get("text_dim", 0)))
         return CacheItem(f.get_tensor(f"{j}.latent").float(), text, self.entries[i]["caption"])
 
+    @property
+    def has_empty_text(self) -> bool:
+        """Whether the empty prompt's states were stored (a latent cache always has them)."""
+        return (self.folder / EMPTY).is_file()
+
     def empty_text(self) -> torch.Tensor:
         """States of the empty prompt, ``L, D`` float32."""
         from safetensors.torch import load_file
 
-        if not (self.folder / EMPTY).is_file():
+        if not self.has_empty_text:
             raise CineforgeError(f"{self.folder} has no {EMPTY}; the encoder that wrote it "
                                  "was given no empty-prompt states")
         return load_file(self.folder / EMPTY)["text"].float()

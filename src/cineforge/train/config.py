@@ -45,8 +45,15 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The ShapesWorld source (pixels for the VAE, what the DiT's latent cache encodes)."""
+    """What a run trains on. ``source: shapes`` (the default): ShapesWorld, described by the
+    fields from ``height`` on (pixels for the VAE, what the DiT's latent cache encodes).
+    ``source: shards``: a DiT run reads the latent shards that curation's encode stage wrote
+    into the folder ``shards`` (``cineforge curate run --encoder ... --shards DIR``) instead
+    of a latent cache; ``cache.vae`` then names the VAE that encoded them (copied into the
+    export) and ``cache.val_images`` / ``cache.val_videos`` hold the first items aside."""
 
+    source: str = "shapes"  # "shapes" or "shards"
+    shards: str = ""  # the shard folder of source "shards"
     height: int = 64
     width: int = 64
     frames: int = 17
@@ -59,6 +66,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _require(self.source in ("shapes", "shards"),
+                 f"data.source must be 'shapes' or 'shards', got {self.source!r}")
+        _require(bool(self.shards) == (self.source == "shards"),
+                 "data.source: shards needs data.shards: DIR (a curated shard folder)"
+                 if self.source == "shards" else
+                 "data.shards is set but data.source is 'shapes'; set data.source: shards")
         _require(self.height % 16 == 0 and self.width % 16 == 0 and self.height >= 32
                  and self.width >= 32, f"data.height/width must be multiples of 16 and >= 32, "
                  f"got {self.height}x{self.width}")
@@ -203,13 +216,54 @@ class CacheConfig:
                  "cache.val_images and cache.val_videos must be >= 0")
 
 
+INIT_WEIGHTS = ("ema", "raw")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """The weights a fresh run starts from (its optimiser, schedule and data start afresh)::
+
+        init: {run: runs/demo/p2, step: 2000, weights: raw}
+
+    ``run``: a run folder, whose checkpoint at ``step`` (default: its newest) is read;
+    ``weights``: that checkpoint's ``ema`` (averaged) or ``raw`` (optimised) weights. Or
+    ``file``: one checkpoint file (``weights`` as above) or a ``.safetensors`` state dict
+    such as an export; a plain string (``init: FILE``) is a ``file``. Neither: the model's
+    own initialisation. ``Trainer.initialise`` finds and loads the weights."""
+
+    run: str = ""
+    step: int | None = None
+    weights: str = "ema"
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.weights in INIT_WEIGHTS,
+                 f"init.weights must be 'ema' or 'raw', got {self.weights!r}")
+        _require(not (self.run and self.file),
+                 "init names both a run and a file; set one of init.run and init.file")
+        _require(self.step is None or (bool(self.run) and self.step >= 1),
+                 f"init.step {self.step} needs init.run and must be >= 1 (a checkpoint step)")
+        _require(not (self.file.endswith(".safetensors") and self.weights == "raw"),
+                 f"init.file {self.file} holds one set of weights; init.weights: raw applies "
+                 "to checkpoints only")
+
+    def __bool__(self) -> bool:
+        """True when the run starts from other weights than its own initialisation."""
+        return bool(self.run or self.file)
+
+    @classmethod
+    def from_text(cls, text: str) -> InitSpec:
+        """``init: FILE`` (and ``init: ""``, none) as a section."""
+        return cls(file=text)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     task: str = "dit"
     seed: int = 0
     steps: int = 1000
     out: str = "runs/train"
-    init: str = ""  # a fresh run starts from these weights: a checkpoint (its EMA) or .safetensors
+    init: InitSpec = field(default_factory=InitSpec)  # a fresh run starts from these weights
     init_fresh: tuple[str, ...] = ()  # modules initialised afresh, not from init (new ones)
     checkpoint_every: int = 500
     keep_last: int = 3
@@ -361,6 +415,8 @@ _SCALARS = {
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """``value`` as type ``tp`` (dataclass, scalar, tuple, dict, optional) or an error."""
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "from_text"):  # a section's short form
+            return tp.from_text(value)
         return from_tree(tp, value, where)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

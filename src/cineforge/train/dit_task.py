@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cineforge.data.latents import CacheItem, LatentCache
+from cineforge.data.latents import CacheItem, LatentItems
 from cineforge.errors import CineforgeError
 from cineforge.families.wan.dit import pad_context
 from cineforge.sampling import frame_noise
@@ -77,7 +77,7 @@ class DiTTask:
     name = "dit"
     work_unit = "tokens"
 
-    def __init__(self, config: TrainConfig, cache: LatentCache) -> None:
+    def __init__(self, config: TrainConfig, cache: LatentItems) -> None:
         self.config, self.cache = config, cache
         family, model_config = model_config_of(config.model, "dit")
         _check_cache(cache, model_config, config)
@@ -85,11 +85,14 @@ class DiTTask:
             torch.Generator().manual_seed(config.seed))
         self.text_len = model_config.text_len
         self.patch = model_config.patch_size
-        self.empty = pad_context(cache.empty_text()[None], self.text_len)[0]
+        # None only without caption dropout (``_check_cache``), when it is never used
+        self.empty = (pad_context(cache.empty_text()[None], self.text_len)[0]
+                      if cache.has_empty_text else None)
         held, train = _split(cache, config.cache.val_images, config.cache.val_videos)
         if not train:
-            raise CineforgeError("the latent cache has no items left for training after the "
-                                 "held-aside validation items; raise cache.items")
+            raise CineforgeError(f"the {len(cache)} latent items in {cache.folder} leave none "
+                                 f"for training after the {len(held)} held aside; lower "
+                                 "cache.val_images / cache.val_videos or add items")
         self.buckets = ShapeBuckets(((i, cache.shape(i)) for i in train), config.seed)
         self.stream = IndexStream(train, config.seed)  # the packed path's order
         self.packer = None
@@ -241,8 +244,9 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _split(cache: LatentCache, images: int, videos: int) -> tuple[list[int], list[int]]:
-    """The first ``images`` image items and ``videos`` video items, and the rest."""
+def _split(cache: LatentItems, images: int, videos: int) -> tuple[list[int], list[int]]:
+    """The first ``images`` image items and ``videos`` video items (in the cache's or the
+    shards' item order), and the rest."""
     want = {"image": images, "video": videos}
     held, train = [], []
     for i in range(len(cache)):
@@ -255,20 +259,35 @@ def _split(cache: LatentCache, images: int, videos: int) -> tuple[list[int], lis
     return held, train
 
 
-def _check_cache(cache: LatentCache, model_config, config: TrainConfig) -> None:
+def _check_cache(cache: LatentItems, model_config, config: TrainConfig) -> None:
+    """The latents (a latent cache or curated shards) fit the DiT and the objective."""
     if not cache.complete:
         raise CineforgeError(f"the latent cache in {cache.folder} is incomplete "
                              f"({len(cache)} of {cache.items_total} items); build it first")
-    meta = cache.meta
+    meta, where = cache.meta, cache.folder
     if meta.get("latent_channels") != model_config.in_channels:
-        raise CineforgeError(f"the cache holds {meta.get('latent_channels')}-channel latents but "
-                             f"the DiT takes {model_config.in_channels}; set model.overrides")
+        raise CineforgeError(f"the latents in {where} have {meta.get('latent_channels')} "
+                             f"channels but the DiT takes {model_config.in_channels}; set "
+                             "model.overrides (in_channels, out_channels)")
     if meta.get("text_dim") != model_config.text_dim:
-        raise CineforgeError(f"the cache's text states are {meta.get('text_dim')}-d but the DiT's "
-                             f"text_dim is {model_config.text_dim}; set model.overrides.text_dim")
+        raise CineforgeError(f"the text states in {where} are {meta.get('text_dim')}-d but the "
+                             f"DiT's text_dim is {model_config.text_dim}; set "
+                             "model.overrides.text_dim")
     if meta.get("text_len", 0) > model_config.text_len:
         raise CineforgeError(f"cache.text_len {meta.get('text_len')} exceeds the DiT's text_len "
                              f"{model_config.text_len}")
+    longest = max((e["text_len"] for e in cache.entries), default=0)
+    if longest > model_config.text_len:
+        raise CineforgeError(f"captions in {where} have up to {longest} text tokens, more than "
+                             f"the DiT's text_len {model_config.text_len}; raise "
+                             "model.overrides.text_len")
+    if len(cache) and not longest:
+        raise CineforgeError(f"the items in {where} have no text states (their encoder gave "
+                             "none); encode them with a text encoder")
+    if config.flow.caption_dropout and not cache.has_empty_text:
+        raise CineforgeError(f"{where} has no empty-prompt states for flow.caption_dropout; set "
+                             "flow.caption_dropout: 0, or run the curation's encode stage into "
+                             "it again (it stores them)")
     if config.flow.packing and config.batch.token_budget < 1:
         raise CineforgeError("flow.packing needs batch.token_budget > 0 (latent tokens per step)")
 

@@ -2,10 +2,11 @@
 
 ``Trainer.steps()`` is a generator: each ``next`` runs one optimisation step and yields its
 ``StepRecord``; it also writes the run's JSONL log, validates and saves checkpoints on
-schedule. ``Trainer.run()`` drives it to the end behind a tqdm bar and exports the EMA
-weights. Resume is exact: a checkpoint holds the model, the EMA weights, the optimiser and
-LR-scheduler states, the step, every random-number state and the task's data position, so
-N steps in one go and N/2 + resume + N/2 give bitwise identical weights.
+schedule. ``Trainer.run()`` drives it to the end (or to a given step) behind a tqdm bar
+and exports the EMA weights. Resume is exact: a checkpoint holds the model, the EMA
+weights, the optimiser and LR-scheduler states, the step, every random-number state and the
+task's data position, so N steps in one go and N/2 + resume + N/2 give bitwise identical
+weights.
 
 Run folder::
 
@@ -21,6 +22,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,12 +32,13 @@ from torch import nn
 from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import (
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from cineforge.train.config import TrainConfig, config_to_tree
+from cineforge.train.config import InitSpec, TrainConfig, config_to_tree
 from cineforge.train.optim import (
     EMA,
     apply_activation_checkpointing,
@@ -93,6 +96,22 @@ def _device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise CineforgeError(f"unknown device {name!r}; use e.g. cpu or cuda") from None
+
+
+def _run_checkpoint(spec: InitSpec) -> Path:
+    """The checkpoint of run folder ``spec.run`` at ``spec.step`` (default: the newest)."""
+    run = Path(spec.run)
+    if not run.is_dir():
+        raise CineforgeError(f"init.run {run} is not a folder; train that run first or fix "
+                             "the path")
+    found = dict(list_checkpoints(run / "checkpoints"))
+    if not found:
+        raise CineforgeError(f"init.run {run} has no checkpoints; train that run first")
+    step = spec.step or max(found)
+    if step not in found:
+        raise CineforgeError(f"init.run {run} has no checkpoint at step {step} (it has steps "
+                             f"{', '.join(map(str, found))}); set init.step to one of them")
+    return found[step]
 
 
 class Trainer:
@@ -154,13 +173,16 @@ class Trainer:
         self._truncate_log(self.step)
         return self.step
 
-    def initialise(self, path: str | Path) -> None:
-        """Start from the weights in ``path`` (a training checkpoint: its EMA weights; or a
-        ``.safetensors`` state dict such as an exported ``dit.safetensors``); the optimiser,
-        schedule, EMA warm-up and data stream start afresh. Keys and shapes must match, except
-        that modules named in ``config.init_fresh`` (added to the model since, or to be
-        re-initialised) keep their fresh initialisation, whether ``path`` holds them or not."""
-        path = Path(path)
+    def initialise(self, init: InitSpec | str | Path) -> None:
+        """Start from the weights ``init`` names (``config.init``, or a file: a training
+        checkpoint or a ``.safetensors`` state dict such as an exported ``dit.safetensors``);
+        the optimiser, schedule, EMA warm-up and data stream start afresh. Keys and shapes must
+        match, except that modules named in ``config.init_fresh`` (added to the model since, or
+        to be re-initialised) keep their fresh initialisation, whether the weights hold them or
+        not."""
+        spec = init if isinstance(init, InitSpec) else InitSpec(file=str(init))
+        path = _run_checkpoint(spec) if spec.run else Path(spec.file)
+        what = f"init weights {path}"
         if path.suffix == ".safetensors":
             if not path.is_file():
                 raise CineforgeError(f"init weights not found: {path}")
@@ -172,9 +194,10 @@ class Trainer:
             if state.get("task") != self.task.name:
                 raise CineforgeError(f"init checkpoint {path} is from a {state.get('task')} run, "
                                      f"not a {self.task.name} run")
-            weights = state["ema"]["model"]
+            weights = state["ema"]["model"] if spec.weights == "ema" else state["model"]
+            what += f" ({spec.weights})"
         fresh = self.config.init_fresh
-        check_state_dict(self.model, weights, what=f"init weights {path}", may_miss=fresh)
+        check_state_dict(self.model, weights, what=what, may_miss=fresh)
         own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
         self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()
                                     if not in_modules(k, fresh)}, strict=not fresh)
@@ -225,14 +248,16 @@ class Trainer:
                 self.save()
             yield record
 
-    def run(self, *, progress: bool = True) -> Path:
-        """Train to ``config.steps`` and export the EMA weights to ``run_dir/export``."""
+    def run(self, *, progress: bool = True, until: int | None = None) -> Path:
+        """Train to step ``until`` (default: the end, ``config.steps``; the schedule is the
+        same either way) and export the EMA weights to ``run_dir/export``."""
         from tqdm import tqdm
 
+        stop = self.config.steps if until is None else until
         unit = f"{self.task.work_unit}/s"
-        with tqdm(total=self.config.steps, initial=self.step, disable=not progress,
+        with tqdm(total=stop, initial=min(self.step, stop), disable=not progress,
                   desc=f"train {self.task.name}", dynamic_ncols=True) as bar:
-            for record in self.steps():
+            for record in islice(self.steps(), max(stop - self.step, 0)):
                 bar.update(1)
                 bar.set_postfix(loss=f"{record.loss:.4f}",
                                 **{unit: f"{record.work / record.step_time:.0f}"})

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from cineforge.data.latents import LatentCache, build_latent_cache
+from cineforge.data.curate.shards import ShardDataset
+from cineforge.data.latents import LatentCache, LatentItems, build_latent_cache
 from cineforge.data.shapes import ShapesWorldConfig
 from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -21,14 +22,19 @@ TEXT_ENCODER = "minilm"  # all-MiniLM-L6-v2, the demo's text encoder (384-d)
 TEXT_DIM = 384
 
 
-def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True) -> Path:
+def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True,
+          until: int | None = None) -> Path:
     """Train ``config`` in ``config.out``; return the folder of the exported EMA weights.
 
     ``resume``: ``"auto"`` continues from the newest checkpoint of the run folder if there
     is one, ``"no"`` starts afresh (refused if the run folder has checkpoints), anything
     else is the path of a checkpoint to continue from. A run that starts afresh starts from
-    ``config.init``'s weights when it is set (fine-tuning).
+    the weights ``config.init`` names when it is set (fine-tuning, or the next stage of a
+    recipe). ``until``: stop after that step instead of ``config.steps``, a step the run
+    checkpoints (a multiple of ``checkpoint_every``); the schedule stays ``config.steps``
+    long, so a later call with a later ``until`` continues the same run.
     """
+    stop = stop_step(config, until)
     run_dir = Path(config.out)
     trainer = Trainer(config, build_task(config, progress=progress), run_dir)
     resumed = None
@@ -37,10 +43,23 @@ def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True) -
     elif latest_checkpoint(trainer.checkpoint_dir) is not None:
         raise CineforgeError(f"{run_dir} already holds checkpoints; resume it (--resume auto), "
                              "or choose another --out")
+    if resumed is not None and resumed > stop:
+        raise CineforgeError(f"{run_dir} is already at step {resumed}, past until {stop}; "
+                             "train into another run folder (out) to stop there")
     if resumed is None and config.init:
         trainer.initialise(config.init)
     write_config(config, run_dir / "config.yaml")
-    return trainer.run(progress=progress)
+    return trainer.run(progress=progress, until=stop)
+
+
+def stop_step(config: TrainConfig, until: int | None) -> int:
+    """The step a run of ``config`` stops at: ``until`` (a step it checkpoints) or its end."""
+    stop = config.steps if until is None else until
+    if not 1 <= stop <= config.steps or (stop < config.steps and stop % config.checkpoint_every):
+        raise CineforgeError(f"until {until} is not a checkpoint step of {config.out}: use a "
+                             f"multiple of checkpoint_every ({config.checkpoint_every}) up to "
+                             f"steps ({config.steps})")
+    return stop
 
 
 def build_task(config: TrainConfig, *, progress: bool = False) -> Task:
@@ -90,8 +109,11 @@ def _world_source(world: ShapesWorldConfig) -> dict:
             if k not in _LATER_KNOBS or v != getattr(defaults, k)}
 
 
-def ensure_cache(config: TrainConfig, *, progress: bool = False) -> LatentCache:
-    """The run's latent cache, built (or completed) first when ``cache.build`` is true."""
+def ensure_cache(config: TrainConfig, *, progress: bool = False) -> LatentItems:
+    """The DiT run's latents: the curated shards of ``data.shards`` (``data.source: shards``),
+    or the latent cache, built (or completed) first when ``cache.build`` is true."""
+    if config.data.source == "shards":
+        return _open_shards(config)
     folder = cache_folder(config)
     if not config.cache.build:
         cache = LatentCache(folder)
@@ -105,6 +127,9 @@ def ensure_cache(config: TrainConfig, *, progress: bool = False) -> LatentCache:
 def build_cache(config: TrainConfig, *, progress: bool = True) -> LatentCache:
     """Encode ``cache.items`` ShapesWorld items with the VAE in ``cache.vae`` and MiniLM.
     The encoders are loaded only if items remain to be encoded."""
+    if config.data.source != "shapes":
+        raise CineforgeError("data.source is shards: its latents are encoded already (by the "
+                             "curation's encode stage); train on them with `cineforge train dit`")
     loaded: dict = {}
 
     def encode_video(video: torch.Tensor) -> torch.Tensor:
@@ -127,10 +152,26 @@ def build_cache(config: TrainConfig, *, progress: bool = True) -> LatentCache:
     )
 
 
+def _open_shards(config: TrainConfig) -> ShardDataset:
+    """The curated shards of ``data.shards``, whose encoder must have ``cache.vae``'s latent
+    channels (that VAE is copied beside the DiT weights at export)."""
+    folder = Path(config.data.shards)
+    if not folder.is_dir():
+        raise CineforgeError(f"data.shards folder {folder} not found; point it at the --shards "
+                             "folder of `cineforge curate run --encoder ...`")
+    shards = ShardDataset(folder)
+    vae = read_vae_config(config.model, _vae_folder(config) / "vae.json")
+    if vae.z_dim != shards.meta.get("latent_channels"):
+        raise CineforgeError(f"the shards in {folder} hold {shards.meta.get('latent_channels')}"
+                             f"-channel latents but the VAE in cache.vae has {vae.z_dim}; set "
+                             "cache.vae to the VAE the shards were encoded with")
+    return shards
+
+
 def _vae_folder(config: TrainConfig) -> Path:
     if not config.cache.vae:
         raise CineforgeError("cache.vae is not set: point it at an exported VAE folder "
-                             "(vae.safetensors + vae.json), e.g. runs/demo_vae/export")
+                             "(vae.safetensors + vae.json), e.g. runs/demo/vae/export")
     return Path(config.cache.vae)
 
 

@@ -23,7 +23,10 @@ from cineforge.families.kandinsky5.flux_vae import (
     FluxVAE,
     FluxVAEConfig,
 )
-from cineforge.families.kandinsky5.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS, FLUX_VAE_FROM_OFFICIAL
+from cineforge.families.kandinsky5.flux_vae_keys import (
+    FLUX_VAE_FROM_DIFFUSERS,
+    FLUX_VAE_FROM_OFFICIAL,
+)
 from cineforge.weights.keymap import load_strict
 from oracles import perturb
 

@@ -226,6 +226,7 @@ def test_shard_source_errors(case, message, curated, vae_dir, tmp_path):
         (["data.source=shards"], "data.source: shards needs data.shards: DIR"),
         (["data.shards=curated"], "data.shards is set but data.source is 'shapes'"),
         (["data.source=latents"], "data.source must be 'shapes' or 'shards'"),
+        (["task=vae", "data.source=shards", "data.shards=x"], "a VAE trains on pixels"),
     ],
 )
 def test_data_section_is_checked(overrides, message):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cineforge.errors import CineforgeError
+from cineforge.families.wan.dit import WAN_DIT_TINY, WanDiT
 from cineforge.models import attention as registry
 from cineforge.models.attention import attention_backends, register_attention_backend
 from cineforge.models.nabla import (
@@ -22,7 +23,6 @@ from cineforge.models.nabla import (
     sta_block_map,
 )
 from cineforge.models.sparse_layout import self_attention_layout
-from cineforge.families.wan.dit import WAN_DIT_TINY, WanDiT
 
 TEXT_LEN = 6
 

@@ -16,14 +16,14 @@ from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from cineforge.errors import CineforgeError
-from cineforge.models.causal3d import CausalCache, CausalConv3d, decode_tiled
 from cineforge.families.wan.vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAE, WanVAEConfig
-from cineforge.weights.keymap import check_state_dict, load_strict
 from cineforge.families.wan.vae_keys import (
     WAN_VAE_FROM_DIFFUSERS,
     WAN_VAE_FROM_OFFICIAL,
     wan_vae_from_diffusers,
 )
+from cineforge.models.causal3d import CausalCache, CausalConv3d, decode_tiled
+from cineforge.weights.keymap import check_state_dict, load_strict
 from oracles import official_vae_state_dict as official_state_dict
 
 TOL = 1e-4

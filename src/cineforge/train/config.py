@@ -289,6 +289,9 @@ class TrainConfig:
                  f"vae.clip_frames {self.vae.clip_frames} exceeds data.frames {self.data.frames}")
         _require(self.vae.crop <= min(self.data.height, self.data.width),
                  f"vae.crop {self.vae.crop} exceeds the frame size")
+        _require(self.task == "dit" or self.data.source == "shapes",
+                 "data.source: shards holds latents for a DiT run; a VAE trains on pixels "
+                 "(data.source: shapes)")
 
 
 # ----------------------------------------------------------------------------- loading

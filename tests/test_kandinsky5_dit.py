@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 
+import diffusers.models.attention_dispatch as diffusers_dispatch
 import diffusers.models.transformers.transformer_kandinsky as diffusers_k5
 import pytest
 import torch
-from diffusers import Kandinsky5Transformer3DModel
+import torch.nn.functional as F
+from diffusers import Kandinsky5T2VPipeline, Kandinsky5Transformer3DModel
+from torch.nn.attention import flex_attention as flex
 from torch.utils.flop_counter import FlopCounterMode
 
 from cineforge.errors import CineforgeError
@@ -47,14 +51,15 @@ def fp32_oracle(monkeypatch):
     monkeypatch.setattr(diffusers_k5, "torch", _TorchWithoutBF16())
 
 
-def _diffusers_tiny(visual_cond: bool = False) -> Kandinsky5Transformer3DModel:
-    """The tiny oracle, every parameter perturbed (its modulation layers start at zero)."""
+def _diffusers_tiny(visual_cond: bool = False, **attention) -> Kandinsky5Transformer3DModel:
+    """The tiny oracle, every parameter perturbed (its modulation layers start at zero);
+    ``attention``: its ``attention_*`` settings (they hold no weights)."""
     with torch.random.fork_rng():  # diffusers initialises from the global RNG
         torch.manual_seed(0)
         ref = Kandinsky5Transformer3DModel(
             in_visual_dim=16, in_text_dim=32, in_text_dim2=16, time_dim=32, out_visual_dim=16,
             patch_size=(1, 2, 2), model_dim=64, ff_dim=128, num_text_blocks=1,
-            num_visual_blocks=2, axes_dims=(8, 12, 12), visual_cond=visual_cond,
+            num_visual_blocks=2, axes_dims=(8, 12, 12), visual_cond=visual_cond, **attention,
         ).eval()
     g = _gen(1)
     with torch.no_grad():
@@ -69,7 +74,8 @@ def _ours_from(state_dict: dict, keymap, config: Kandinsky5DiTConfig) -> Kandins
     return load_strict(model, keymap.convert(state_dict)).eval()
 
 
-def _reference(ref, x, t, text, pooled, visual_in=None, rope_scale=(1.0, 1.0, 1.0)):
+def _reference(ref, x, t, text, pooled, visual_in=None, rope_scale=(1.0, 1.0, 1.0),
+               sparse_params=None):
     """diffusers' forward with what its pipeline passes: channels-last input, timestep
     t * 1000, RoPE positions 0..n-1 per axis of the patch grid and 0..L-1 for the text."""
     _, _, frames, height, width = x.shape
@@ -77,7 +83,8 @@ def _reference(ref, x, t, text, pooled, visual_in=None, rope_scale=(1.0, 1.0, 1.
     out = ref(
         visual_in.permute(0, 2, 3, 4, 1), text, t * 1000, pooled,
         visual_rope_pos=[torch.arange(frames), torch.arange(height // 2), torch.arange(width // 2)],
-        text_rope_pos=torch.arange(text.shape[1]), scale_factor=rope_scale, return_dict=False,
+        text_rope_pos=torch.arange(text.shape[1]), scale_factor=rope_scale,
+        sparse_params=sparse_params, return_dict=False,
     )
     return out.permute(0, 4, 1, 2, 3)
 
@@ -354,6 +361,71 @@ def test_nabla_backend_gets_tile_ordered_tokens_and_grid(monkeypatch):
     expected = dense(x, 0.4, text, pooled)
     assert grids == [NablaGrid(2, 16, 16)] * 2  # visual self-attention only
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_nabla_matches_diffusers_nabla_where_sparse(fp32_oracle, monkeypatch):
+    """Our NABLA DiT against diffusers' NABLA path, both block-sparse through compiled flex
+    attention (eager flex ignores the block lists: it would be dense), on a grid where NABLA
+    differs from dense. diffusers' settings go through its T2V pipeline's get_sparse_params
+    (P, wT, wH, wW of the transformer config; STA map in tiles of 8 x 8 patches). An
+    asymmetric window (wT 1, wH 1, wW 3) on 2 x 2 x 3 tiles catches swapped axes; the latent
+    varies from tile to tile, as video does, so the block scores pick blocks by content."""
+    from cineforge.models import attention as registry
+    from cineforge.models import nabla as nabla_module
+    from cineforge.models.nabla import NablaAttention
+
+    p, window = 0.7, (1, 1, 3)
+    ref = _diffusers_tiny(attention_type="nabla", attention_P=p, attention_wT=window[0],
+                          attention_wH=window[1], attention_wW=window[2])
+    ref.set_attention_backend("flex")  # diffusers' NABLA needs it
+    compiled = torch.compile(flex.flex_attention)
+    theirs = []
+
+    def diffusers_flex(query, key, value, block_mask=None, **kwargs):
+        if block_mask is None:  # text and cross-attention: dense, which SDPA computes
+            return F.scaled_dot_product_attention(query, key, value, scale=kwargs["scale"])
+        theirs.append(block_mask.to_dense())
+        # diffusers passes one index tensor as both the partial and the full block list,
+        # which inductor's CPU code cannot compile: the full list goes in as a copy
+        block_mask = flex.BlockMask.from_kv_blocks(
+            block_mask.kv_num_blocks, block_mask.kv_indices, block_mask.full_kv_num_blocks,
+            block_mask.full_kv_indices.clone(), BLOCK_SIZE=block_mask.BLOCK_SIZE, mask_mod=None)
+        return compiled(query, key, value, block_mask=block_mask, **kwargs)
+
+    monkeypatch.setattr(diffusers_dispatch, "flex_attention", types.SimpleNamespace(
+        flex_attention=diffusers_flex, BlockMask=flex.BlockMask,
+        create_block_mask=flex.create_block_mask))
+    ours_maps = []
+    flex_block_sparse = nabla_module.flex_block_sparse
+
+    def ours_flex(q, k, v, block_map, block):
+        ours_maps.append(block_map.expand(*q.shape[:2], -1, -1))
+        return flex_block_sparse(q, k, v, block_map, block)
+
+    monkeypatch.setattr(nabla_module, "flex_block_sparse", ours_flex)
+    monkeypatch.setitem(registry._BACKENDS, "test_k5_nabla", NablaAttention(p, window))
+    sparse = _ours_from(ref.state_dict(), K5_DIT_FROM_DIFFUSERS,
+                        dataclasses.replace(K5_DIT_TINY, attention="test_k5_nabla"))
+    dense = _ours_from(ref.state_dict(), K5_DIT_FROM_DIFFUSERS, K5_DIT_TINY)
+
+    x, text, pooled = _inputs((1, 16, 2, 32, 48), 8, seed=11)
+    tiles = torch.randn(1, 16, 2, 2, 3, generator=_gen(12))  # one value per 8 x 8 patch tile
+    x = x + 2.0 * tiles.repeat_interleave(16, 3).repeat_interleave(16, 4)
+    pipe = types.SimpleNamespace(transformer=ref,
+                                 fast_sta_nabla=Kandinsky5T2VPipeline.fast_sta_nabla)
+    sparse_params = Kandinsky5T2VPipeline.get_sparse_params(
+        pipe, x.permute(0, 2, 3, 4, 1), torch.device("cpu"))
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        expected = _reference(ref, x, t, text, pooled, sparse_params=sparse_params)
+        got = sparse(x, t, text, pooled)
+        full = dense(x, t, text, pooled)
+    assert len(theirs) == len(ours_maps) == 2  # visual self-attention of each block
+    for a, b in zip(ours_maps, theirs, strict=True):
+        assert torch.equal(a, b.bool())
+        assert 0.3 < a.float().mean() < 0.9  # neither dense nor empty
+    assert expected.abs().max() > 1.0 and (got - full).abs().max() > 0.1
+    assert (got - expected).abs().max().item() <= PARITY_TOL
 
 
 def test_bf16_weights_and_autocast_stay_close_to_fp32():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import Kandinsky5T2IPipeline, Kandinsky5T2VPipeline
+from safetensors.torch import load_file, save_file
+from transformers import CLIPConfig, CLIPModel
 
 from cineforge.errors import CineforgeError
 from cineforge.models.text_encoders import (
@@ -99,3 +101,49 @@ def test_load_from_folders(tmp_path):
                                CLIPTextEncoder(clip, clip_tokenizer()).pooled(PROMPTS))
     with pytest.raises(CineforgeError, match="folder not found"):
         load_clip(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("load", "build", "key", "reported"),
+    [
+        (load_qwen25vl, tiny_qwen, "model.layers.1.mlp.up_proj.weight",  # the hub's name
+         "model.language_model.layers.1.mlp.up_proj.weight"),  # transformers' module tree
+        (load_clip, tiny_clip, "encoder.layers.1.mlp.fc1.weight",
+         "encoder.layers.1.mlp.fc1.weight"),
+    ],
+)
+def test_load_is_strict(tmp_path, load, build, key, reported):
+    """A weight missing from the folder, or a key the model lacks, is a one-line error naming
+    it; transformers alone re-initialises the missing weight at random and goes on."""
+    build().save_pretrained(tmp_path)
+    (qwen_tokenizer() if load is load_qwen25vl else clip_tokenizer()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(weights)
+    load(tmp_path, dtype=torch.float32)  # the folder as saved loads
+    for broken, named in [({k: v for k, v in state.items() if k != key}, "missing keys "),
+                          (state | {"extra.weight": torch.zeros(2)}, "unexpected keys ")]:
+        save_file(broken, weights, metadata={"format": "pt"})
+        with pytest.raises(CineforgeError) as err:
+            load(tmp_path, dtype=torch.float32)
+        message = str(err.value)
+        assert "\n" not in message and str(tmp_path) in message
+        assert named + (reported if named == "missing keys " else "extra.weight") in message
+
+
+def test_clip_text_tower_loads_from_a_full_clip_folder(tmp_path):
+    """A full CLIP checkpoint (the release's openai/clip-vit-large-patch14) also holds the
+    image tower: its keys are the one allowed surplus."""
+    torch.manual_seed(5)
+    full = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=258, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=256, eos_token_id=257, pad_token_id=257),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=16),
+        projection_dim=8,
+    ))
+    full.save_pretrained(tmp_path)
+    clip_tokenizer().save_pretrained(tmp_path)
+    loaded = load_clip(tmp_path)
+    assert torch.equal(loaded.model.get_input_embeddings().weight,
+                       full.text_model.embeddings.token_embedding.weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -94,6 +95,53 @@ def test_sta_map_equals_brute_force(grid, window):
                                for a, b, win in zip(ci, cj, window, strict=True))
                           for cj in coords] for ci in coords])
     assert torch.equal(got, want)
+
+
+def _brute_sta_token_mask(grid, window, tile=(1, 8, 8)):
+    """Token mask (tokens in tile order) of the sliding-tile rule, from first principles: a
+    token's tile is its (frame, row, column) divided by the tile's sides; a query tile may
+    attend a key tile when they are at most window // 2 tiles apart along t, h and w."""
+    T, H, W = grid
+    raster = tile_order(T, H, W, tile)  # raster index of each tile-ordered token
+    coords = torch.stack([raster // (H * W), raster // W % H, raster % W], dim=-1)
+    coords = coords // torch.tensor(tile)  # each token's tile (t, h, w)
+    tiles = coords.unique(dim=0).tolist()
+    near = torch.tensor([[all(abs(a - b) <= size // 2
+                              for a, b, size in zip(ti, tj, window, strict=True))
+                          for tj in tiles] for ti in tiles])
+    tiles = torch.tensor(tiles)
+    index = (coords[:, None] == tiles[None]).all(dim=-1).int().argmax(dim=-1)
+    return near[index][:, index]
+
+
+@pytest.mark.parametrize(
+    ("grid", "window"),
+    [
+        ((8, 8, 32), None),  # the release's wT 11, wH 3, wW 3: tiles 8 x 1 x 4
+        ((3, 16, 32), (1, 3, 5)),  # tiles 3 x 2 x 4; reversed it would be (5, 3, 1)
+        ((2, 24, 16), (1, 1, 3)),  # tiles 2 x 3 x 2: h must not take w's window
+    ],
+)
+def test_sta_window_axes_against_brute_force(grid, window):
+    """An asymmetric window keeps its (t, h, w) order, from NablaAttention's settings to the
+    attention it runs; None is the registered "nabla" backend, the release's window."""
+    release = get_attention_backend("nabla")
+    assert release.sta_window == (11, 3, 3)  # (wT, wH, wW) of the release's configs
+    window = release.sta_window if window is None else window
+    cfg = NablaAttention(p=0.01, sta_window=window)  # NABLA keeps one block per query block
+    q, k, v = _qkv(H=1, L=math.prod(grid), D=8)
+    want_blocks = _brute_block_map(q, k, cfg.p)  # the top key block of each query block
+    assert want_blocks.sum(-1).eq(1).all()
+    want = _brute_sta_token_mask(grid, window) | expand_block_map(want_blocks)
+    assert 0.1 < want.float().mean() < 0.7  # sparse: the window leaves tiles out
+    for swapped in set(itertools.permutations(window)) - {window}:  # the test can fail
+        assert not torch.equal(want, _brute_sta_token_mask(grid, swapped)
+                               | expand_block_map(want_blocks)), swapped
+    assert torch.equal(expand_block_map(cfg.block_map(q, k, NablaGrid(*grid))), want)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]  # the masked-SDPA path
+    torch.testing.assert_close(cfg(*leaves, mask=NablaGrid(*grid)),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=want),
+                               atol=1e-5, rtol=0)
 
 
 def test_p1_without_sta_is_dense_and_plain_masks_pass_through():

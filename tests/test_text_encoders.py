@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from cineforge.errors import CineforgeError
 from cineforge.models.text_encoders import (
@@ -17,6 +18,7 @@ from cineforge.models.text_encoders import (
     UMT5TextEncoder,
     mean_pool,
 )
+from cineforge.weights import text_encoders as text_encoders_module
 from cineforge.weights.keymap import check_state_dict
 from cineforge.weights.text_encoders import (
     WAN_T5_FILE,
@@ -249,6 +251,54 @@ def test_load_umt5_missing_files_name_path_and_repo(tmp_path):
     assert "Wan2.1-T2V-1.3B-Diffusers" in str(err.value)
     with pytest.raises(CineforgeError, match="unknown umT5 layout"):
         load_umt5(tmp_path, layout="comfy")
+
+
+def _rewrite(weights, drop: str | None = None, **add: torch.Tensor) -> None:
+    """Save ``weights`` (a model.safetensors) without the key ``drop`` and with ``add``."""
+    state = {k: v for k, v in load_file(weights).items() if k != drop}
+    save_file(state | add, weights, metadata={"format": "pt"})
+
+
+def _strict_error(load, weights, drop=None, **add) -> str:
+    original = load_file(weights)
+    _rewrite(weights, drop, **add)
+    with pytest.raises(CineforgeError) as err:
+        load()
+    save_file(original, weights, metadata={"format": "pt"})
+    message = str(err.value)
+    assert "\n" not in message and str(weights.parent) in message
+    return message
+
+
+def test_load_umt5_diffusers_layout_is_strict(tmp_path, tok):
+    """A weight missing from the file, a key the model lacks or a weight of another shape
+    is an error naming it (transformers alone re-initialises such weights and goes on)."""
+    UMT5EncoderModel(tiny_config(len(tok))).save_pretrained(tmp_path / "text_encoder")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    weights = tmp_path / "text_encoder" / "model.safetensors"
+    assert "encoder.embed_tokens.weight" not in load_file(weights)  # tied to shared.weight
+
+    def load():
+        return load_umt5(tmp_path, dtype=torch.float32, max_length=8)
+
+    assert load().encode(["a cat"]).states.shape == (1, 8, 32)  # the tied key is no error
+    key = "encoder.block.1.layer.1.DenseReluDense.wi_0.weight"
+    assert f"missing keys {key}" in _strict_error(load, weights, drop=key)
+    message = _strict_error(load, weights, **{"encoder.extra.weight": torch.zeros(2)})
+    assert "unexpected keys encoder.extra.weight" in message
+    assert f"another shape {key} (file (3, 3)" in _strict_error(
+        load, weights, **{key: torch.zeros(3, 3)})
+
+
+def test_load_minilm_is_strict(tmp_path, monkeypatch):
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    BertModel(config).save_pretrained(tmp_path)
+    monkeypatch.setattr(text_encoders_module, "minilm_path", lambda: tmp_path)
+    key = "encoder.layer.0.output.dense.weight"
+    message = _strict_error(load_minilm, tmp_path / "model.safetensors", drop=key)
+    # the buffers embeddings.position_ids / token_type_ids are never in the file: not named
+    assert f"missing keys {key};" in message and "BertModel" in message
 
 
 def test_load_umt5_damaged_file(tmp_path, tok):

@@ -19,6 +19,7 @@ from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiTConfig
 from cineforge.families.wan.vae import WanVAE, WanVAEConfig
 from cineforge.models.text_encoders import TextStates
+from cineforge.train.checkpoint import load_checkpoint
 from cineforge.train.config import ModelSpec, load_config
 from cineforge.train.data import shapes_world
 from cineforge.train.dit_task import VAL_TIMES, latent_detail_weights
@@ -149,13 +150,40 @@ def test_dit_resume_is_exact_and_log_has_fields(tmp_path, vae_dir, cache_dir):
     assert val[0]["val_video_loss"] == pytest.approx(sum(per_time) / len(per_time))
 
 
+def assert_same_tree(a, b, where: str = "state") -> None:
+    """Nested dicts, lists and tuples of tensors and plain values, equal exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
 def test_dit_packed_resume_is_exact(tmp_path, vae_dir, cache_dir):
     config = lambda out: dit_run_config(out, vae_dir, cache_dir, "flow.packing=true")  # noqa: E731
     straight = run_until(config(tmp_path / "a"))
-    run_until(config(tmp_path / "b"), stop=3)
-    resumed = run_until(config(tmp_path / "b"))
+    run_until(config(tmp_path / "b"), stop=3)  # "crash" after step 3: the newest checkpoint is 2
+    resumed = Trainer(config(tmp_path / "b"), build_task(config(tmp_path / "b")), tmp_path / "b")
+    fresh = {k: v.clone() for k, v in resumed.model.state_dict().items()}
+    assert resumed.resume() == 2
+    # Right after resume the trainer holds the saved step-2 state, all of it (weights, EMA,
+    # optimiser, schedule, random states, data position), which a fresh start cannot equal.
+    saved = load_checkpoint(tmp_path / "b" / "checkpoints" / "step-00000002.pt")
+    assert_same_tree(resumed.state_dict(), saved)
+    assert any(not torch.equal(v, fresh[k]) for k, v in resumed.model.state_dict().items())
+    for _ in resumed.steps():
+        pass
     assert_same_state(straight, resumed)
     packs = [r for r in train_records(tmp_path / "b") if r["kind"] == "train"]
+    assert [r["step"] for r in packs] == [1, 2, 3, 4]  # step 3 redone, its first record dropped
+    assert _comparable(train_records(tmp_path / "a")) == _comparable(train_records(tmp_path / "b"))
     assert all(r["tokens_per_s"] > 0 for r in packs) and "loss_pack" in packs[0]
 
 

@@ -10,12 +10,15 @@
 ``load_pipeline`` resolves the preset in the registry, finds its weights (``weights``, the
 package's embedded copy or the Hugging Face cache), loads them on the CPU and places them
 (``device``, ``offload``). A call fills the preset's defaults for every request field not
-given (``Preset.request``), checks the request and runs the family's pipeline. The CLI is a
-thin shell over this module.
+given (``Preset.request``), checks the request and runs the family's pipeline. Before any
+loading or sampling, a request whose estimated memory (``Family.memory_estimate``) exceeds
+what the device has available is refused (``check_memory``). The CLI is a thin shell over
+this module.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,13 @@ from cineforge.errors import CineforgeError
 from cineforge.families.family import Preset, load_components
 from cineforge.families.registry import get_preset
 from cineforge.io.video import to_uint8_frames, write_video
-from cineforge.pipelines.common import FlowPipeline, VideoRequest
+from cineforge.pipelines.common import (
+    FlowPipeline,
+    MemoryEstimate,
+    VideoRequest,
+    check_vae_tile,
+    format_bytes,
+)
 from cineforge.weights.offload import make_placement
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,7 +62,7 @@ class Video:
     def save(self, path: str | Path, *, fps: int | None = None) -> list[Path]:
         """Write the video (``.mp4``, ``.webm``, ``.gif``, ``.png``: one file per frame);
         returns the written paths."""
-        return write_video(Path(path), self.pixels, fps=fps or self.fps)
+        return write_video(Path(path), self.pixels, fps=self.fps if fps is None else fps)
 
 
 Progress = Callable[[str, int, int], None]
@@ -62,8 +71,8 @@ Progress = Callable[[str, int, int], None]
 class Pipeline:
     """A preset's loaded models, ready to generate: ``pipe(prompt, **fields) -> Video``."""
 
-    def __init__(self, preset: Preset, runner: FlowPipeline) -> None:
-        self.preset, self.runner = preset, runner
+    def __init__(self, preset: Preset, runner: FlowPipeline, *, offload: str | None = None):
+        self.preset, self.runner, self.offload = preset, runner, offload
 
     def request(self, prompt: str, **fields: Any) -> VideoRequest:
         """The checked request for ``prompt`` with the preset's defaults under ``fields``."""
@@ -91,25 +100,99 @@ class Pipeline:
                  vae_tile: int | None = None, progress: Progress | None = None) -> Video:
         """Generate the video of a complete request."""
         self.preset.family.check_request(self.preset, r, init_video=init_video is not None)
-        if vae_tile is not None and vae_tile < 1:
-            raise CineforgeError(f"{{vae_tile}} must be a positive number of pixels, got "
-                                 f"{vae_tile}", fields=("vae_tile",))
-        video = self.runner(r, progress=progress, vae_tile=vae_tile, init_video=init_video)
+        runner = self.runner
+        check_vae_tile(vae_tile, runner.vae.config.spatial_ratio)
+        check_memory(self.preset, r, device=runner.placement.device, dtype=runner.dtype,
+                     offload=self.offload, vae_tile=vae_tile, models=(runner.dit, runner.vae))
+        video = runner(r, progress=progress, vae_tile=vae_tile, init_video=init_video)
         return Video(video[0], self.preset.fps)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
+    """"auto" (a CUDA GPU when visible, else the CPU), "cpu", "cuda" or "cuda:N"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise CineforgeError(f"unknown {{device}} {name!r}; use cpu, cuda or cuda:N",
-                             fields=("device",)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CineforgeError("{device} cuda asked for, but no CUDA GPU is visible; use cpu",
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CineforgeError(f"unknown {{device}} {name!r}; use auto, cpu, cuda or cuda:N",
                              fields=("device",))
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise CineforgeError("{device} cuda asked for, but no CUDA GPU is visible; use cpu",
+                                 fields=("device",))
+        if device.index is not None and device.index >= count:
+            raise CineforgeError(f"{{device}} {name!r} asked for, but {count} CUDA GPU(s) are "
+                                 f"visible; use cuda:0 to cuda:{count - 1}", fields=("device",))
     return device
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes ``device`` can still allocate: on a GPU, CUDA's free memory plus what this
+    process's allocator holds unused; for the CPU, the RAM the system calls available (psutil
+    when installed, else /proc/meminfo, else free pages). None when unknown."""
+    if device.type == "cuda":
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return psutil.virtual_memory().available
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(
+    preset: Preset,
+    r: VideoRequest | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    offload: str | None = None,
+    vae_tile: int | None = None,
+    models: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> MemoryEstimate:
+    """Raise a CineforgeError when ``r`` (None: the weights alone) needs more memory
+    (``Family.memory_estimate``) than ``device`` has available. ``models``: the loaded (DiT,
+    VAE); their weights already on the device are not counted again. Returns the estimate."""
+    estimate = preset.family.memory_estimate(preset, r, dtype=dtype, device_type=device.type,
+                                             offload=offload, vae_tile=vae_tile, models=models)
+    resident = 0 if models is None else min(estimate.weights, _bytes_on(device, *models))
+    need, free = estimate.total - resident, available_memory(device)
+    if free is None or need <= free:
+        return estimate
+    hints = [] if r is None else ["a smaller {size} or fewer {frames}"]
+    if device.type == "cuda" and offload != "block":
+        hints.append("{offload} block")
+    if device.type == "cuda" and dtype == torch.float32:
+        hints.append("{dtype} bf16")
+    if r is not None and vae_tile is None and estimate.decode > estimate.denoise:
+        hints.append("{vae_tile} 256")
+    what = (f"the {preset.name} weights need" if r is None
+            else f"{r.width}x{r.height} with {r.frames} frames needs")
+    raise CineforgeError(
+        f"{what} about {format_bytes(need)} on {device} ({estimate.parts()}), but "
+        f"{format_bytes(free)} is available; use {', or '.join(hints or ['a larger machine'])}",
+        fields=("size", "frames", "offload", "dtype", "vae_tile"))
+
+
+def _bytes_on(device: torch.device, *modules: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()
+               if p.device.type == device.type
+               and device.index in (None, p.device.index))
 
 
 def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -145,7 +228,8 @@ def load_pipeline(
                              f"{', '.join(OFFLOAD)}", fields=("offload",))
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    check_memory(preset, None, device=device, dtype=dtype, offload=offload)
     components = load_components(preset, weights, dtype=dtype)
     placement = make_placement(offload or "none", device)
     return Pipeline(preset, preset.family.make_pipeline(components, placement=placement,
-                                                        dtype=dtype))
+                                                        dtype=dtype), offload=offload)

@@ -50,8 +50,9 @@ def add_curate_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--max-scene", type=float, default=60.0,
                      help="longer scenes are cut into pieces, seconds")
     run.add_argument("--batch", type=int, default=4, help="tasks claimed at once")
-    run.add_argument("--lease", type=float, default=300.0,
-                     help="seconds before a silent worker's tasks go to others")
+    run.add_argument("--lease", type=float, default=30.0,
+                     help="seconds before a dead worker's tasks go to others (a working "
+                          "worker renews its lease every lease/5 s)")
 
     actions.add_parser("status", parents=[db], help="counts per stage and reject reasons")
 
@@ -134,7 +135,8 @@ def _run(args: argparse.Namespace) -> int:
             bar.refresh()
 
     try:
-        run(args.db, config, options, workers=args.workers, progress=progress)
+        run(args.db, config, options, workers=args.workers, progress=progress,
+            say=lambda message: tqdm.write(message, file=sys.stderr))
     finally:
         for bar in bars.values():
             bar.close()
@@ -144,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from cineforge.data.curate.catalog import STAGES, open_catalog, session_factory, summary
 
-    with session_factory(open_catalog(args.db))() as session:
+    with session_factory(open_catalog(args.db, create=False))() as session:
         s = summary(session)
     out = sys.stdout
     total = sum(s.sources.values())
@@ -172,7 +174,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.after not in STAGES:
         raise CineforgeError(f"unknown stage {args.after!r} for --after; use one of "
                              f"{', '.join(STAGES)}")
-    with session_factory(open_catalog(args.db))() as session:
+    with session_factory(open_catalog(args.db, create=False))() as session:
         rows = export_rows(session, args.after)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cineforge.data.shapes import heldin_prompts, heldout_prompts, render, to_video_tensor
+from cineforge.errors import CineforgeError
 from cineforge.eval.shapes import ShapesScore, score_clips
 from cineforge.families.family import Preset, load_components
 from cineforge.families.registry import get_preset
@@ -48,7 +49,15 @@ def generate_clips(pipe: FlowPipeline, specs, request: VideoRequest, batch: int,
         yield from (to_uint8_frames(v) for v in video)
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """``-n`` and ``--batch`` are counts: refused below 1 before anything loads."""
+    for flag, value in (("-n", args.n), ("--batch", args.batch)):
+        if value < 1:
+            raise CineforgeError(f"{flag} must be at least 1, got {value}")
+
+
 def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
+    check_counts(args)
     preset = get_preset(args.preset)
     request = preset.request("-", steps=args.steps, guidance=args.guidance, shift=args.shift,
                              frame_noise_share=args.frame_noise, seed=args.seed,
@@ -74,6 +83,7 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
 def run_text_use(args: argparse.Namespace):
     from cineforge.eval.text_use import text_use
 
+    check_counts(args)
     preset = get_preset(args.preset)
     pipe = preset.family.make_pipeline(load_components(preset, args.weights))
     share = preset.sampler.frame_noise_share if args.frame_noise is None else args.frame_noise

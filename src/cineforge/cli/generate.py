@@ -1,5 +1,6 @@
-"""``cineforge generate``: options -> the preset's request (checked before any loading) ->
-``cineforge.load_pipeline`` -> the video file."""
+"""``cineforge generate``: options -> the preset's request, the output path, the device and
+the memory the request needs, all checked before any loading -> ``cineforge.load_pipeline``
+-> the video file."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cineforge.api import load_pipeline
+from cineforge.api import check_memory, load_pipeline, resolve_device, resolve_dtype
 from cineforge.cli.options import GenerateOptions, check_prompt
 from cineforge.errors import CineforgeError
 from cineforge.families.registry import get_preset
-from cineforge.io.video import from_uint8_frames, read_video
-from cineforge.pipelines.common import VideoRequest
+from cineforge.io.video import check_fps, check_output_path, from_uint8_frames, read_video
+from cineforge.pipelines.common import VideoRequest, check_vae_tile
 
 DEFAULT_STRENGTH = 0.7  # video-to-video: share of the steps run from the noised video
 
@@ -56,11 +57,18 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
     preset = get_preset(opts.preset)
     request = build_request(opts)  # validate everything before loading GBs of weights
     preset.family.check_request(preset, request, init_video=opts.video is not None)
+    check_output_path(opts.out)
+    if opts.fps is not None:
+        check_fps(opts.fps)
+    check_vae_tile(opts.vae_tile, preset.vae.spatial_ratio)
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    offload = None if opts.offload == "none" else opts.offload
+    check_memory(preset, request, device=device, dtype=dtype, offload=offload,
+                 vae_tile=opts.vae_tile)
     init = (None if opts.video is None
             else load_init_video(opts.video, request, preset.vae.temporal_ratio))
-    offload = None if opts.offload == "none" else opts.offload
-    pipe = load_pipeline(preset, opts.weights, device=opts.device, dtype=opts.dtype,
-                         offload=offload)
+    pipe = load_pipeline(preset, opts.weights, device=device, dtype=dtype, offload=offload)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

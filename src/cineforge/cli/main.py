@@ -1,12 +1,15 @@
 """``cineforge`` command line: a thin shell over the library.
 
 Heavy imports (torch, transformers) happen inside the commands, so ``cineforge --help``
-answers at once. A CineforgeError is printed on one line and exits with status 2.
+answers at once. A CineforgeError is printed on one line and exits with status 2; a reader
+that stops reading (``cineforge presets | head -1``) ends the command quietly with 141, the
+status of a command stopped by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -48,13 +51,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except CineforgeError as exc:
         print(f"cineforge: error: {exc.renamed(flag)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cineforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for the closed pipe goes nowhere
+    instead of failing again when the interpreter flushes it at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (captured, replaced)
+        pass
 
 
 # Library fields whose flag is not ``--`` + the field name with dashes.

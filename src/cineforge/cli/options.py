@@ -57,7 +57,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         "-o",
         type=Path,
         default=Path("video.mp4"),
-        help="output file: .mp4, .gif or .png (frames as out_0000.png ...)",
+        help="output file: .mp4, .webm, .gif or .png (frames as out_0000.png ...); an "
+             "existing file is replaced only once the new one is complete",
     )
     p.add_argument("--frames", type=int, help="number of frames, 4k+1 (1 = an image)")
     p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16")
@@ -68,7 +69,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     add_frame_noise_argument(p)
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same video)")
-    p.add_argument("--fps", type=int, help="frames per second of the output file")
+    p.add_argument("--fps", type=int,
+                   help="frames per second of the output file (> 0; default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--dtype",
@@ -82,7 +84,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         choices=("none", "model", "block"),
         help="CPU offloading for small GPUs: per model or per DiT block",
     )
-    p.add_argument("--vae-tile", type=int, help="decode in spatial tiles of this many pixels")
+    p.add_argument("--vae-tile", type=int,
+                   help="decode in spatial tiles of this many pixels (whole VAE cells, e.g. 256)")
     p.add_argument("--video", type=Path,
                    help="video-to-video: start from this video's first --frames frames (at the "
                         "output size), noised by --strength")

@@ -22,6 +22,7 @@ Models are built on the meta device and loaded with ``assign=True``, strictly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,13 @@ import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
-from cineforge.pipelines.common import FlowPipeline, VideoRequest
+from cineforge.pipelines.common import (
+    FlowPipeline,
+    MemoryEstimate,
+    ModelSizes,
+    VideoRequest,
+    estimate_memory,
+)
 from cineforge.weights.files import read_model_config, read_safetensors, read_torch
 from cineforge.weights.keymap import KeyMap, load_strict
 
@@ -136,6 +143,26 @@ class Family:
         return self.pipeline(components, placement=placement, dtype=dtype,
                              **self.pipeline_options)
 
+    def memory_estimate(
+        self,
+        preset: Preset,
+        r: VideoRequest | None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device_type: str = "cpu",
+        offload: str | None = None,
+        vae_tile: int | None = None,
+        models: tuple[nn.Module, nn.Module] | None = None,
+    ) -> MemoryEstimate:
+        """The memory ``r`` (None: the weights alone) needs on a ``device_type`` device
+        (``estimate_memory``), from the loaded ``models`` (DiT, VAE) or, before loading, the
+        preset's configs."""
+        dit_config, vae_config = (preset.dit, preset.vae) if models is None else (
+            models[0].config, models[1].config)
+        sizes = model_sizes(self, dit_config, vae_config, dtype)
+        return estimate_memory(r, sizes, device_type=device_type, offload=offload,
+                               vae_tile=vae_tile)
+
 
 @dataclass(frozen=True)
 class SamplerDefaults:
@@ -208,6 +235,39 @@ class Preset:
                                  f"{', '.join(sorted(names))}", fields=())
         given = {k: v for k, v in overrides.items() if v is not None}
         return VideoRequest(prompt=prompt, **(defaults | given))
+
+
+@functools.cache
+def model_sizes(family: Family, dit_config: Any, vae_config: Any, dtype: torch.dtype) -> ModelSizes:
+    """The sizes the memory estimate reads, from the family's models built on the meta device
+    (no memory): parameter counts, the DiT's token width (heads x head_dim) and the widest
+    projection of a token in its first repeated block (the FFN's hidden layer)."""
+    with torch.device("meta"):
+        dit, vae = family.build("dit", dit_config), family.build("vae", vae_config)
+    blocks = list(getattr(dit, getattr(dit, "offload_blocks", ""), None) or ())
+    hidden = dit_config.num_heads * dit_config.head_dim
+    first = blocks[0] if blocks else nn.Module()
+    ffn = max((m.out_features for m in first.modules()
+               if isinstance(m, nn.Linear) and m.in_features == hidden), default=hidden)
+    per_dit = torch.empty((), dtype=dtype).element_size()
+    block_bytes = [_parameters(b) * per_dit for b in blocks] or [0]
+    return ModelSizes(
+        dit_bytes=_parameters(dit) * per_dit,
+        dit_blocks_bytes=sum(block_bytes),
+        dit_block_bytes=max(block_bytes),
+        vae_bytes=_parameters(vae) * 4,  # the VAE runs in fp32
+        dtype_bytes=per_dit,
+        hidden=hidden,
+        ffn=ffn,
+        latent_channels=dit_config.in_channels,
+        patch=tuple(dit_config.patch_size),
+        spatial_ratio=vae_config.spatial_ratio,
+        temporal_ratio=vae_config.temporal_ratio,
+    )
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 # ----------------------------------------------------------------------------- loading

@@ -17,6 +17,7 @@ the solver and offloading wrap that call, never the loop. Progress goes to an op
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +49,21 @@ class VideoRequest:
     strength: float = 1.0  # video-to-video: share of the steps run from the noised init video
 
 
+FLOAT_FIELDS = ("guidance", "shift", "frame_noise_share", "strength")
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes (negatives wrap)
+
+
 def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> None:
     """Raise a CineforgeError for a request that models with this pixel ``multiple`` (VAE
     ratio x DiT patch) and VAE ``temporal_ratio`` cannot honour."""
+    for name in FLOAT_FIELDS:  # nan passes every comparison below
+        value = getattr(r, name)
+        if not math.isfinite(value):
+            raise CineforgeError(f"{{{name}}} must be a finite number, got {value}",
+                                 fields=(name,))
+    if not SEEDS[0] <= r.seed <= SEEDS[1]:
+        raise CineforgeError(f"{{seed}} {r.seed} does not fit in 64 bits; use a seed in "
+                             "[0, 2**64)", fields=("seed",))
     if r.width <= 0 or r.height <= 0 or r.width % multiple or r.height % multiple:
         raise CineforgeError(
             f"{{size}} {r.width}x{r.height} is not a multiple of {multiple}; "
@@ -85,6 +98,119 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
 
 def round_to(n: int, multiple: int) -> int:
     return max(multiple, round(n / multiple) * multiple)
+
+
+def check_vae_tile(tile: int | None, spatial_ratio: int) -> None:
+    """Raise a CineforgeError unless ``tile`` (pixels; None: no tiling) is a usable decoding
+    tile for a VAE of this ``spatial_ratio``: whole latent cells, at least two of them."""
+    if tile is None:
+        return
+    low = 2 * spatial_ratio
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < low or tile % spatial_ratio:
+        near = max(low, round_to(tile, spatial_ratio)) if isinstance(tile, int | float) else low
+        raise CineforgeError(
+            f"{{vae_tile}} {tile} is not a usable tile size: use a multiple of the VAE's "
+            f"{spatial_ratio} pixels, at least {low}, e.g. {near}", fields=("vae_tile",))
+
+
+# ----------------------------------------------------------------------------- memory
+# What a request needs on its device at the peak, from the model configs, before loading:
+#
+#   weights on the device (by offload mode)
+#   + the latents and the solver's state (LATENT_COPIES float32 copies)
+#   + the larger of: the DiT's activations in one block (tokens x batch x the widths alive at
+#     once: x, its norm, q, k, v and the attention output, or x, its norm and the FFN's hidden
+#     layer before and after its activation), and the decode (the float32 video, on a CPU also
+#     the two float copies of its conversion to uint8, plus DECODER_FLOATS per pixel of a
+#     frame or tile for the decoder's full-resolution features).
+#
+# Attention is taken to be memory-efficient (SDPA's flash / efficient kernels, on CPU too: no
+# L x L scores); text encoders are not counted (they run first, and offload moves them out).
+# It estimates the unavoidable part, to refuse at once what cannot fit, not a promise that
+# what passes fits. Measured on CPU (fp32): a Wan block's peak is within 15% above the DiT
+# term; decoders hold 2,000 (the demo VAE, 33 frames) to 4,000 (Wan 2.1) and 13,000
+# (HunyuanVideo) floats per output pixel, DECODER_FLOATS is the floor of these.
+LATENT_COPIES = 10
+DECODER_FLOATS = 1024
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """What the memory estimate needs of a preset's models (``families.family.model_sizes``)."""
+
+    dit_bytes: int  # DiT weights in the run's dtype
+    dit_blocks_bytes: int  # of which its repeated blocks (streamed under block offload)
+    dit_block_bytes: int  # its largest block
+    vae_bytes: int  # VAE weights (fp32)
+    dtype_bytes: int  # bytes of one DiT activation
+    hidden: int  # the DiT's token width
+    ffn: int  # the widest projection of a token in a block (the FFN's hidden layer)
+    latent_channels: int
+    patch: tuple[int, int, int]
+    spatial_ratio: int
+    temporal_ratio: int
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a request needs on its device at the peak (see ``estimate_memory``)."""
+
+    weights: int
+    latents: int
+    denoise: int  # the DiT's activations
+    decode: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.latents + max(self.denoise, self.decode)
+
+    def parts(self) -> str:
+        parts = {"weights": self.weights, "latents": self.latents,
+                 "DiT activations": self.denoise, "decode": self.decode}
+        return ", ".join(f"{name} {format_bytes(n)}" for name, n in parts.items() if n)
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1e6:.2f} MB"
+
+
+def estimate_memory(
+    r: VideoRequest | None,
+    sizes: ModelSizes,
+    *,
+    device_type: str = "cpu",
+    offload: str | None = None,
+    vae_tile: int | None = None,
+) -> MemoryEstimate:
+    """The memory ``r`` needs on a ``device_type`` ("cpu", "cuda") device with this
+    ``offload`` (None, "model", "block"; a CPU holds every model anyway) and ``vae_tile``;
+    ``r`` None: the weights alone."""
+    z = sizes
+    if device_type == "cpu" or offload is None:
+        weights = z.dit_bytes + z.vae_bytes
+    elif offload == "model":
+        weights = max(z.dit_bytes, z.vae_bytes)
+    else:  # "block": the DiT's other weights and two blocks (one running, one prefetched)
+        weights = max(z.dit_bytes - z.dit_blocks_bytes + 2 * z.dit_block_bytes, z.vae_bytes)
+    if r is None:
+        return MemoryEstimate(weights, 0, 0, 0)
+    batch = 1 if r.guidance == 1 else 2  # cond and uncond in one batch
+    frames = 1 + (r.frames - 1) // z.temporal_ratio
+    rows, columns = r.height // z.spatial_ratio, r.width // z.spatial_ratio
+    pt, ph, pw = z.patch
+    tokens = math.ceil(frames / pt) * math.ceil(rows / ph) * math.ceil(columns / pw)
+    widths = max(7 * z.hidden, 2 * z.hidden + 2 * z.ffn)
+    pixels = 3 * r.frames * r.height * r.width
+    area = r.height * r.width if vae_tile is None else min(r.height * r.width, vae_tile**2)
+    return MemoryEstimate(
+        weights=weights,
+        latents=LATENT_COPIES * z.latent_channels * frames * rows * columns * 4,
+        denoise=batch * tokens * widths * z.dtype_bytes,
+        decode=pixels * 4 * (3 if device_type == "cpu" else 1) + DECODER_FLOATS * area * 4,
+    )
 
 
 class FlowPipeline:
@@ -195,9 +321,18 @@ class FlowPipeline:
         )
         for step in steps:
             latents = step.x
+            if not torch.isfinite(latents).all():  # else a black (nan) or white (inf) file
+                raise CineforgeError(
+                    f"sampling produced non-finite values at step {step.index + 1} of "
+                    f"{step.total}; the model diverged: lower {{guidance}} or {{shift}}, check "
+                    "the weights, or use {dtype} fp32 or bf16 (fp16 overflows)",
+                    fields=("guidance", "shift", "dtype"))
             report("denoise", step.index + 1, step.total)
         report("decode", 0, 1)
         video = self.decode(latents, tile=vae_tile)
+        if not torch.isfinite(video).all():
+            raise CineforgeError("the VAE decoded non-finite values from finite latents; check "
+                                 "the VAE weights")
         report("decode", 1, 1)
         return video
 

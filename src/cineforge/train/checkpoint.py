@@ -3,12 +3,16 @@
 A checkpoint is one ``torch.save`` file ``step-00001000.pt`` holding plain tensors and
 Python values only (it loads with ``weights_only=True``). It is written to a temporary file
 in the same folder and renamed into place, so a crash leaves either the old set of
-checkpoints or the new one, never a half-written file under a checkpoint's name.
+checkpoints or the new one, never a half-written file under a checkpoint's name. One spoilt
+afterwards (a disk fault, a copy cut short) is set aside on resume, which continues from the
+newest checkpoint that still loads (``load_newest_readable``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -62,14 +66,55 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class UnreadableCheckpoint(CineforgeError):
+    """A checkpoint file that exists but does not load (truncated, corrupt, not ours)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot read checkpoint {path} ({reason}); use an older one")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CineforgeError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CineforgeError(f"cannot read checkpoint {path} ({exc}); use an older one") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError,
+            pickle.UnpicklingError) as exc:
+        raise UnreadableCheckpoint(path, _first_line(exc)) from None
+    if not isinstance(state, dict) or not {"step", "model"} <= state.keys():
+        raise UnreadableCheckpoint(path, "not a training checkpoint")
+    return state
+
+
+def load_newest_readable(folder: Path) -> tuple[dict[str, Any], list[UnreadableCheckpoint]]:
+    """The state of the newest checkpoint in ``folder`` that loads ({} if it has none), and the
+    newer ones that do not, each renamed ``NAME.unreadable``: kept for a look, but no longer
+    the run's newest (nor counted by keep-last). Refused when no checkpoint loads."""
+    skipped: list[UnreadableCheckpoint] = []
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            state = load_checkpoint(path)
+        except UnreadableCheckpoint as exc:
+            skipped.append(exc)
+            continue
+        for bad in skipped:
+            with contextlib.suppress(OSError):
+                bad.path.replace(bad.path.with_name(bad.path.name + ".unreadable"))
+        return state, skipped
+    if skipped:
+        raise CineforgeError(f"no checkpoint in {folder} is readable (the newest, "
+                             f"{skipped[0].path.name}: {skipped[0].reason}); move them away to "
+                             "start afresh")
+    return {}, []
+
+
+def _first_line(exc: BaseException) -> str:
+    """A short one-line reason for ``exc`` (torch's messages run over several lines)."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 100 else line[:97] + "..."
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

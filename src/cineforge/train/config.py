@@ -327,9 +327,14 @@ def _read_file_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise CineforgeError(f"config {path} is its own base (through "
                              f"{' -> '.join(p.name for p in chain)}); break the cycle")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise CineforgeError(f"{path} is not a text file; pass a YAML config") from None
     except yaml.YAMLError as exc:
-        raise CineforgeError(f"{path} is not valid YAML: {exc}") from None
+        raise CineforgeError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+    if tree is None or tree == {}:
+        raise CineforgeError(f"{path} is empty; write the run's keys in it (e.g. task, steps, "
+                             "out: see configs/) or start it from another with base: FILE")
     if not isinstance(tree, dict):
         raise CineforgeError(f"{path} must hold a mapping of config keys")
     base = tree.pop("base", None)
@@ -338,6 +343,15 @@ def _read_file_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base, str):
         raise CineforgeError(f"{path}: base must be a config file name, got {base!r}")
     return _merged(_read_file_tree(path.parent / base, (*chain, path.resolve())), tree)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong, and where."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

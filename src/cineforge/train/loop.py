@@ -19,6 +19,8 @@ Run folder::
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,9 +33,9 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import (
-    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_newest_readable,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -164,14 +166,24 @@ class Trainer:
         self.step = state["step"]
 
     def resume(self, path: str | Path | None = None) -> int | None:
-        """Load ``path`` or else the newest checkpoint of the run folder, if any; drop log
-        records written after it. Returns the step resumed from, or None."""
-        path = Path(path) if path is not None else latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return None
-        self.load_state_dict(load_checkpoint(path))
+        """Load ``path`` or else the newest readable checkpoint of the run folder, if any; drop
+        log records written after it (all of them if there is none). Returns the step resumed
+        from, or None. Newer checkpoints that do not load are set aside (renamed
+        ``NAME.unreadable``) and named in one line on stderr."""
+        if path is not None:
+            state = load_checkpoint(Path(path))
+        else:
+            state, skipped = load_newest_readable(self.checkpoint_dir)
+            if skipped:
+                names = ", ".join(s.path.name for s in skipped)
+                verb = "is" if len(skipped) == 1 else "are"
+                print(f"cineforge: checkpoint {names} {verb} unreadable ({skipped[0].reason}); "
+                      f"resuming from step {state['step']} (set aside as NAME.unreadable)",
+                      file=sys.stderr)
+        if state:
+            self.load_state_dict(state)
         self._truncate_log(self.step)
-        return self.step
+        return self.step if state else None
 
     def initialise(self, init: InitSpec | str | Path) -> None:
         """Start from the weights ``init`` names (``config.init``, or a file: a training
@@ -290,8 +302,21 @@ class Trainer:
             f.write(json.dumps(entry) + "\n")
 
     def _truncate_log(self, step: int) -> None:
+        """Keep the log's records up to ``step``; drop the rest and any line that is not a
+        whole record (cut short when a run was killed while writing it)."""
         if not self.log_path.is_file():
             return
-        kept = [line for line in self.log_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.log_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                if (record := _record(line)) is not None and record["step"] <= step]
+        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.log_path)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """The log record on ``line``, or None if it is not a whole one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None

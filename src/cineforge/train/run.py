@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cineforge.data.curate.shards import ShardDataset
-from cineforge.data.latents import LatentCache, LatentItems, build_latent_cache
+from cineforge.data.latents import INDEX, LatentCache, LatentItems, build_latent_cache
 from cineforge.data.shapes import ShapesWorldConfig
 from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -35,7 +35,7 @@ def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True,
     long, so a later call with a later ``until`` continues the same run.
     """
     stop = stop_step(config, until)
-    run_dir = Path(config.out)
+    run_dir = writable_folder(config.out, "run folder")
     trainer = Trainer(config, build_task(config, progress=progress), run_dir)
     resumed = None
     if resume != "no":
@@ -50,6 +50,23 @@ def train(config: TrainConfig, *, resume: str = "auto", progress: bool = True,
         trainer.initialise(config.init)
     write_config(config, run_dir / "config.yaml")
     return trainer.run(progress=progress, until=stop)
+
+
+def writable_folder(path: str | Path, what: str, fix: str = "choose another {out}") -> Path:
+    """``path``, created if needed, once a file could be written in it: checked before the
+    work starts, so that no run, cache or export fails at its first write."""
+    import tempfile
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CineforgeError(f"cannot write the {what} {folder} ({reason}); {fix}",
+                             fields=("out",) if "{out}" in fix else ()) from None
+    return folder
 
 
 def stop_step(config: TrainConfig, until: int | None) -> int:
@@ -130,6 +147,11 @@ def build_cache(config: TrainConfig, *, progress: bool = True) -> LatentCache:
     if config.data.source != "shapes":
         raise CineforgeError("data.source is shards: its latents are encoded already (by the "
                              "curation's encode stage); train on them with `cineforge train dit`")
+    folder = cache_folder(config)
+    if not (folder / INDEX).is_file() or not LatentCache(folder).complete:
+        writable_folder(folder, "latent cache folder",
+                        "set cache.dir to another folder" if config.cache.dir else
+                        "choose another {out}")
     loaded: dict = {}
 
     def encode_video(video: torch.Tensor) -> torch.Tensor:
@@ -146,7 +168,7 @@ def build_cache(config: TrainConfig, *, progress: bool = True) -> LatentCache:
 
     world = shapes_world(config.data, "cache")
     return build_latent_cache(
-        cache_folder(config), world, config.cache.items, encode_video=encode_video,
+        folder, world, config.cache.items, encode_video=encode_video,
         encode_text=encode_text, meta=cache_meta(config), shard_size=config.cache.shard_size,
         progress=progress,
     )
@@ -190,10 +212,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise CineforgeError(f"{run_dir} has no checkpoints to export; train it first")
+    folder = writable_folder(out or run_dir / "export", "export folder")
     state = load_checkpoint(path)
     state, which = (state["model"], "raw") if raw else (state["ema"]["model"], "EMA")
-    folder = Path(out) if out else run_dir / "export"
-    folder.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
         model = build_model(config.model, config.task)
     load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")

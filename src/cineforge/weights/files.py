@@ -88,7 +88,14 @@ def read_model_config(cls: type, path: Path) -> Any:
     """A model config written by ``write_model_config`` (JSON lists become tuples)."""
     if not path.is_file():
         raise CineforgeError(f"{path} not found: export the run first (cineforge train export)")
-    values = json.loads(path.read_text())
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, unreadable
+        raise CineforgeError(f"{path} is not a readable JSON model config ({exc}); export the "
+                             "run again (cineforge train export) or restore the file") from None
+    if not isinstance(values, dict):
+        raise CineforgeError(f"{path} holds a JSON {type(values).__name__}, not a model config "
+                             "object; export the run again (cineforge train export)")
     kind = values.pop("type", cls.__name__)
     if kind != cls.__name__:
         raise CineforgeError(f"{path} holds a {kind}, not a {cls.__name__}")

@@ -13,6 +13,11 @@ MiniLM and umT5 are never downloaded (``local_files_only=True``). Qwen2.5-VL and
 read from a local folder when ``source`` is one, else fetched by transformers from the hub id
 (``Qwen/Qwen2.5-VL-7B-Instruct``, ``openai/clip-vit-large-patch14``) into its cache, as the
 Kandinsky 5 release does.
+
+Every model loads strictly: a weight the checkpoint lacks, a checkpoint key the model does not
+use, or a weight of another shape is an error naming the keys (transformers alone would
+re-initialise such weights at random and go on). The one allowance is CLIP's image half when
+a full CLIP checkpoint gives the text tower.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ WAN_DIFFUSERS_REPOS = ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14
 UMT5_LAYOUTS = ("diffusers", "official")
 QWEN25VL_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"
 CLIP_L_REPO = "openai/clip-vit-large-patch14"
+# Keys of a full CLIP checkpoint (CLIP_L_REPO) that its text tower leaves unused.
+CLIP_IMAGE_KEYS = ("vision_model.", "visual_projection.", "text_projection.", "logit_scale")
 
 
 def umt5_xxl_config() -> UMT5Config:
@@ -96,7 +103,7 @@ def load_minilm(
     from transformers import AutoTokenizer, BertModel
 
     path = minilm_path()
-    model = BertModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+    model = _load_model(BertModel, path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return MiniLMTextEncoder(model.to(device), tokenizer, max_length=max_length)
 
@@ -125,7 +132,7 @@ def load_umt5(
         repos = WAN_DIFFUSERS_REPOS
         model_dir = _require(folder / "text_encoder" / "config.json", folder, repos).parent
         token_dir = _require(folder / "tokenizer", folder, repos)
-        model = UMT5EncoderModel.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+        model = _load_model(UMT5EncoderModel, model_dir, dtype=dtype)
     elif layout == "official":
         file = _require(folder / WAN_T5_FILE, folder, WAN_REPOS)
         token_dir = _require(folder / WAN_T5_TOKENIZER, folder, WAN_REPOS)
@@ -167,7 +174,7 @@ def load_qwen25vl(
     ``source``) is where the tokenizer files are (a diffusers ``tokenizer/``)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    model = _from_pretrained(Qwen2_5_VLForConditionalGeneration, source, dtype=dtype)
+    model = _load_model(Qwen2_5_VLForConditionalGeneration, source, dtype=dtype)
     tok = _from_pretrained(AutoTokenizer, source if tokenizer is None else tokenizer)
     tok.padding_side = "right"  # the states of each prompt start at the template's crop
     return Qwen25VLTextEncoder(
@@ -187,7 +194,7 @@ def load_clip(
     ``load_qwen25vl``."""
     from transformers import AutoTokenizer, CLIPTextModel
 
-    model = _from_pretrained(CLIPTextModel, source, dtype=dtype)
+    model = _load_model(CLIPTextModel, source, unused=CLIP_IMAGE_KEYS, dtype=dtype)
     tok = _from_pretrained(AutoTokenizer, source if tokenizer is None else tokenizer)
     return CLIPTextEncoder(model.to(device), tok)
 
@@ -205,6 +212,38 @@ def _from_pretrained(cls, source: str | Path, **kwargs):
             f"cannot load {cls.__name__} from {source} via {where} ({e}); "
             "pass a folder holding the model's config and weights, or a reachable hub id"
         ) from e
+
+
+def _load_model(cls, source: str | Path, *, unused: tuple[str, ...] = (), **kwargs):
+    """``cls.from_pretrained`` that raises, naming the keys, on weights the checkpoint lacks,
+    keys the model does not use (other than those starting with an ``unused`` prefix) and
+    weights of another shape. Tied weights and non-persistent buffers (``position_ids``) are
+    never in a checkpoint, and transformers does not report them missing."""
+    model, info = _from_pretrained(
+        cls, source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    problems = []
+    if missing := sorted(info["missing_keys"]):
+        problems.append(f"missing keys {_some(missing)}")
+    if unexpected := sorted(k for k in info["unexpected_keys"] if not k.startswith(unused)):
+        problems.append(f"unexpected keys {_some(unexpected)}")
+    if mismatched := sorted(info["mismatched_keys"]):
+        shapes = [f"{key} (file {tuple(a)}, model {tuple(b)})" for key, a, b in mismatched]
+        problems.append(f"keys of another shape {_some(shapes)}")
+    if errors := [" ".join(str(e).split()) for e in info.get("error_msgs", ())]:
+        problems.append(_some(errors))
+    if problems:
+        raise CineforgeError(
+            f"{source} does not hold the weights of {cls.__name__}: {'; '.join(problems)}; "
+            "it is another model or a damaged download: download the model again"
+        )
+    return model
+
+
+def _some(items: list[str], n: int = 5) -> str:
+    """The first ``n`` items, and how many more there are."""
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
 
 
 def _require(path: Path, folder: Path, repos: tuple[str, ...]) -> Path:

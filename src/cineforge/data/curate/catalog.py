@@ -3,7 +3,11 @@
 One SQLAlchemy schema on two engines: a SQLite file (WAL journal, every transaction
 ``BEGIN IMMEDIATE`` so writers queue instead of failing) for one machine, PostgreSQL by URL
 (``postgresql://user@host/db``, driven by psycopg 3) for many. ``open_catalog`` takes either
-a URL or a plain file path and creates the tables that are missing.
+a URL or a plain file path and creates the tables that are missing (or, for readers such as
+``status`` and ``export``, refuses a catalog that does not exist yet). PostgreSQL connections
+give up after ``CONNECT_TIMEOUT_S`` without an answer, and the server cancels a statement after
+``STATEMENT_TIMEOUT_S`` or a lock wait after ``LOCK_TIMEOUT_S``; the URL's own
+``connect_timeout=`` or ``options=`` replace these.
 
 A scene is ``active`` until a stage rejects it with a reason; each (stage, item) pair has one
 ``Task`` row whose state moves pending -> claimed -> done (or failed, with the error), see
@@ -12,6 +16,7 @@ A scene is ``active`` until a stage rejects it with a reason; each (stage, item)
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,11 +34,12 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from cineforge.errors import CineforgeError
@@ -154,20 +160,33 @@ def catalog_url(db: str | Path) -> str:
     return text
 
 
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: no answer to the connection within this: an error
+STATEMENT_TIMEOUT_S = 300  # the server cancels a statement running longer
+LOCK_TIMEOUT_S = 60  # ... or waiting longer for a lock
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def shown(db: str | Path) -> str:
+    """``db`` as messages show it: a URL's password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(db))
+
+
 def open_catalog(db: str | Path, *, create: bool = True) -> Engine:
-    """An engine for the catalog at ``db`` (URL or SQLite path), tables created if missing."""
+    """An engine for the catalog at ``db`` (URL or SQLite path), tables created if missing;
+    with ``create=False`` the catalog must exist already (a missing one is an error)."""
     url = catalog_url(db)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise CineforgeError(
-            f"cannot parse catalog URL {db!r}; use a file path or postgresql://user@host/db"
+            f"cannot parse catalog URL {shown(db)}; pass {{db}} a file path or "
+            "postgresql://user@host:port/db", fields=("db",)
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, parsed.database)
+        engine = _sqlite_engine(url, parsed.database, create)
     else:
         try:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, connect_args=_pg_args(parsed))
         except (NoSuchModuleError, ModuleNotFoundError) as exc:
             raise CineforgeError(
                 f"no database driver for {parsed.drivername} ({exc}); "
@@ -177,14 +196,42 @@ def open_catalog(db: str | Path, *, create: bool = True) -> Engine:
         if create:
             _create_tables(engine)
         else:
-            engine.connect().close()
-    except OperationalError as exc:
-        first = str(exc.orig or exc).strip().splitlines()[0]
+            with engine.connect() as conn:
+                missing = not inspect(conn).has_table(Task.__tablename__)
+    except DatabaseError as exc:
+        engine.dispose()
         raise CineforgeError(
-            f"cannot open the catalog {parsed.render_as_string(hide_password=True)} ({first}); "
-            "check the URL and that the database server is running"
+            f"cannot open the catalog {shown(db)} ({_describe(exc, parsed)}); check {{db}} "
+            "and, for a URL, that the database server is running and reachable", fields=("db",)
         ) from None
+    if not create and missing:
+        engine.dispose()
+        raise CineforgeError(
+            f"{shown(db)} holds no curation catalog; check {{db}}, or register videos first "
+            "with `cineforge curate ingest`", fields=("db",)
+        )
     return engine
+
+
+def _pg_args(url) -> dict:
+    """psycopg connection arguments: the timeouts (unless the URL sets its own) and TCP
+    keepalives, so a server that stops answering is an error instead of a hang."""
+    args: dict = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                  "keepalives_count": 3}
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "options" not in url.query:
+        args["options"] = (f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000} "
+                           f"-c lock_timeout={LOCK_TIMEOUT_S * 1000}")
+    return args
+
+
+def _describe(exc: DatabaseError, url) -> str:
+    """The first line of a driver error; a connection timeout says how long it waited."""
+    first = str(exc.orig or exc).strip().splitlines()[0]
+    if type(exc.orig).__name__ == "ConnectionTimeout":  # psycopg's
+        first += f": no answer within {url.query.get('connect_timeout', CONNECT_TIMEOUT_S)} s"
+    return first
 
 
 def _create_tables(engine: Engine) -> None:
@@ -203,11 +250,9 @@ def _create_tables(engine: Engine) -> None:
 _DDL_LOCK = 0x63667467  # any constant shared by all cineforge workers ("cftg")
 
 
-def _sqlite_engine(url: str, database: str | None) -> Engine:
-    if database and database != ":memory:" and not Path(database).parent.is_dir():
-        raise CineforgeError(
-            f"folder of the catalog file {database} does not exist; create it first"
-        )
+def _sqlite_engine(url: str, database: str | None, create: bool) -> Engine:
+    if database and database != ":memory:":
+        _check_sqlite_file(Path(database), create)
     engine = create_engine(url, connect_args={"timeout": 60.0})
 
     @event.listens_for(engine, "connect")
@@ -227,6 +272,35 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    """Refuse, before SQLite touches it, a catalog file that is missing (for a reader) or
+    is not a SQLite database (a video, a folder)."""
+    if not create and not path.exists():
+        raise CineforgeError(
+            f"catalog file {path} does not exist; check {{db}}, or create it first with "
+            "`cineforge curate ingest`", fields=("db",)
+        )
+    if not path.parent.is_dir():
+        raise CineforgeError(f"folder of the catalog file {path} does not exist; create it "
+                             "first")
+    if path.is_dir():
+        raise CineforgeError(f"{path} is a folder; pass {{db}} a catalog file",
+                             fields=("db",))
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise CineforgeError(f"cannot read the catalog file {path} ({exc.strerror}); check "
+                             "{db} and the file's permissions", fields=("db",)) from None
+    if head and head != SQLITE_MAGIC:
+        raise CineforgeError(
+            f"{path} is not a SQLite database; pass {{db}} a catalog file (or a new path)",
+            fields=("db",)
+        )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

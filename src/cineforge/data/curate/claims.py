@@ -12,10 +12,16 @@ unfinished tasks; their leases expire and another worker claims them. A worker t
 slow finds its token replaced, and ``finish`` returns False so it discards its results. Either
 way each task's results are written once. Lease times are the workers' wall clocks: keep the
 machines' clocks within a small fraction of the lease.
+
+While a batch runs, a ``Heartbeat`` thread keeps extending its lease, so the lease can be short
+(seconds): a worker that dies stops renewing and its unfinished tasks are claimable a lease
+later; ``release_worker`` hands them back at once when the worker is known to be dead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cineforge.data.curate.catalog import Task, is_postgres
@@ -54,12 +61,9 @@ def claim(
     """Up to ``n`` claimable tasks of ``stages``, leased to ``worker`` for ``lease_s`` seconds."""
     with sessions.begin() as session:
         now = time.time()
-        claimable = or_(
-            Task.state == "pending", and_(Task.state == "claimed", Task.lease_until < now)
-        )
         query = (
             select(Task.id, Task.stage, Task.item_id)
-            .where(Task.stage.in_(list(stages)), claimable)
+            .where(Task.stage.in_(list(stages)), _claimable(now))
             .order_by(Task.id)
             .limit(n)
         )
@@ -83,6 +87,10 @@ def claim(
     return [Claim(r.id, r.stage, r.item_id, token) for r in rows]
 
 
+def _claimable(now: float):
+    return or_(Task.state == "pending", and_(Task.state == "claimed", Task.lease_until < now))
+
+
 def _held(c: Claim):
     return and_(Task.id == c.task_id, Task.token == c.token, Task.state == "claimed")
 
@@ -100,8 +108,40 @@ def extend(sessions: sessionmaker[Session], claims: Sequence[Claim], lease_s: fl
     if not claims:
         return
     with sessions.begin() as session:
-        held = or_(*(_held(c) for c in claims))
-        session.execute(update(Task).where(held).values(lease_until=time.time() + lease_s))
+        # lock the rows in id order, as ``claim`` and a batch's ``finish``es do: no deadlock
+        query = select(Task.id).where(or_(*(_held(c) for c in claims))).order_by(Task.id)
+        if is_postgres(session.get_bind()):
+            query = query.with_for_update()
+        ids = list(session.scalars(query))
+        if ids:
+            session.execute(update(Task).where(Task.id.in_(ids))
+                            .values(lease_until=time.time() + lease_s))
+
+
+class Heartbeat:
+    """``with Heartbeat(sessions, claims, lease_s):`` extends the lease of the still-held
+    ``claims`` every ``lease_s / 5`` seconds from a background thread while the block runs."""
+
+    def __init__(self, sessions: sessionmaker[Session], claims: Sequence[Claim],
+                 lease_s: float) -> None:
+        self._args = (sessions, list(claims), lease_s)
+        self._every = lease_s / 5
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._every):
+            # a failed beat: the next one tries again; a lease lost meanwhile fails finish()
+            with contextlib.suppress(SQLAlchemyError):
+                extend(*self._args)
 
 
 def release(sessions: sessionmaker[Session], claims: Sequence[Claim]) -> None:
@@ -113,6 +153,42 @@ def release(sessions: sessionmaker[Session], claims: Sequence[Claim]) -> None:
         session.execute(
             update(Task).where(held).values(state="pending", token=None, lease_until=0.0)
         )
+
+
+def release_worker(sessions: sessionmaker[Session], worker: str) -> int:
+    """Hand back every claim of ``worker``, known to be dead (a process that exited): its
+    tasks need not wait for their leases to run out. The number handed back."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Task).where(Task.worker == worker, Task.state == "claimed")
+            .values(state="pending", token=None, lease_until=0.0)
+        )
+        return result.rowcount
+
+
+@dataclass(frozen=True)
+class Holder:
+    worker: str
+    tasks: int
+    until: float  # wall-clock time the last of its leases runs out
+
+
+def holders(session: Session, stages: Sequence[str]) -> list[Holder]:
+    """Workers holding live leases on tasks of ``stages``, longest-held first."""
+    rows = session.execute(
+        select(Task.worker, func.count(), func.max(Task.lease_until))
+        .where(Task.stage.in_(list(stages)), Task.state == "claimed",
+               Task.lease_until >= time.time())
+        .group_by(Task.worker)
+    ).all()
+    return sorted((Holder(w or "?", n, until) for w, n, until in rows),
+                  key=lambda h: -h.until)
+
+
+def claimable(session: Session, stages: Sequence[str]) -> int:
+    """Tasks of ``stages`` a worker could claim now (pending, or with an expired lease)."""
+    query = select(func.count()).where(Task.stage.in_(list(stages)), _claimable(time.time()))
+    return session.execute(query).scalar_one()
 
 
 def outstanding(session: Session, stages: Sequence[str]) -> int:

@@ -1,9 +1,11 @@
 """Register video files in the catalog and probe them with PyAV.
 
-A file that cannot be opened, has no video stream or whose first frame does not decode is
-registered as ``rejected`` with a reason (``unreadable: ...``, ``no_video``, ``no_frames``)
-instead of stopping the ingest. Every usable source gets a ``split`` task. Registering a path
-twice does nothing.
+A file that cannot be opened, has no video stream (a text file that FFmpeg reads as ANSI art
+counts as none) or whose first frame does not decode is registered as ``rejected`` with a
+reason (``unreadable: ...``, ``no_video``, ``no_frames``) instead of stopping the ingest. The
+frame count is the header's only when the last frames decode; a damaged (truncated) file is
+decoded to the end and registered with the frames that decode. Every usable source gets a
+``split`` task. Registering a path twice does nothing, also when two ingests race.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from pathlib import Path
 import av
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from cineforge.data.curate.catalog import Source, session_factory
 from cineforge.data.curate.claims import add_tasks
 from cineforge.errors import CineforgeError
+from cineforge.io.video import TEXT_CODECS
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
@@ -41,12 +45,16 @@ class ProbeError(Exception):
 
 
 def probe(path: str | Path) -> Probe:
-    """Stream facts of a video file; decodes its first frame to be sure it is readable."""
+    """Stream facts of a video file; decodes its first and last frames to be sure it is
+    readable, and counts the frames that decode when the last ones do not."""
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ProbeError("no_video: the file has no video stream")
             stream = container.streams.video[0]
+            ctx = stream.codec_context
+            if ctx.name in TEXT_CODECS:
+                raise ProbeError(f"no_video: a text file (FFmpeg reads it as {ctx.name} art)")
             first = next(container.decode(stream), None)
             if first is None:
                 raise ProbeError("no_frames: the video stream has no decodable frame")
@@ -58,10 +66,43 @@ def probe(path: str | Path) -> Probe:
                 duration = container.duration / av.time_base if container.duration else 0.0
             frames = stream.frames or round(duration * fps)
             bitrate = stream.bit_rate or container.bit_rate or 0
-            ctx = stream.codec_context
-            return Probe(duration, fps, frames, ctx.width, ctx.height, bitrate, ctx.name)
+            width, height, codec = ctx.width, ctx.height, ctx.name
     except av.FFmpegError as exc:
         raise ProbeError(f"unreadable: {exc}") from None
+    if frames < 1 or fps <= 0 or not _last_frame_decodes(path, frames, fps):
+        frames = count_frames(path)
+        duration = frames / fps if fps > 0 else duration
+    return Probe(duration, fps, frames, width, height, bitrate, codec)
+
+
+def _last_frame_decodes(path: str | Path, frames: int, fps: float) -> bool:
+    """Whether frame ``frames - 1`` (by timestamp, as ``scenes.iter_scene`` numbers them)
+    decodes: a seek to the key frame before it and a decode to the end."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            base, start = float(stream.time_base), stream.start_time or 0
+            container.seek(start + int((frames - 1) / fps / base), stream=stream,
+                           backward=True)
+            last = max((f.pts for f in container.decode(stream) if f.pts is not None),
+                       default=None)
+    except av.FFmpegError:
+        return False
+    return last is not None and round((last - start) * base * fps) >= frames - 1
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames of the first video stream that decode, up to the first that does not."""
+    n = 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for _ in container.decode(stream):
+                n += 1
+    except av.FFmpegError:
+        pass  # a damaged tail: the frames before it count
+    return n
 
 
 def find_videos(paths: Iterable[str | Path]) -> list[Path]:
@@ -101,11 +142,24 @@ def ingest(engine: Engine, paths: Iterable[str | Path],
                             codec=p.codec)
         except ProbeError as exc:
             source = Source(path=str(f), status="rejected", reason=str(exc))
+        if not _register(sessions, source):
+            continue  # a concurrent ingest registered it first: already known
+        added += source.status == "ok"
+        rejected += source.status == "rejected"
+    return IngestReport(added, rejected, len(files) - added - rejected)
+
+
+def _register(sessions, source: Source) -> bool:
+    """Add ``source`` (and its split task); False if its path was registered meanwhile."""
+    try:
         with sessions.begin() as session:
             session.add(source)
             session.flush()
             if source.status == "ok":
                 add_tasks(session, "split", [source.id])
-        added += source.status == "ok"
-        rejected += source.status == "rejected"
-    return IngestReport(added, rejected, len(files) - added - rejected)
+    except IntegrityError:
+        with sessions() as session:
+            if session.scalar(select(Source.id).where(Source.path == source.path)) is None:
+                raise
+        return False
+    return True

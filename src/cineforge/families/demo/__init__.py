@@ -30,7 +30,7 @@ DEMO_DIT = DemoDiTConfig(
     pooled_text=True,
 )
 DEMO_DIT_TINY = DemoDiTConfig(**{**dataclasses.asdict(WAN_DIT_TINY), "text_dim": 384},
-                              position_table=(3, 4, 4), pooled_text=True)
+                              position_table=(3, 8, 8), pooled_text=True)
 DEMO_VAE = CompactVAEConfig(
     widths=(32, 64, 64), z_dim=16, frames_per_latent=4,
     num_res_blocks=1, norm_groups=8,

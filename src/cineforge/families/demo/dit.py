@@ -40,6 +40,10 @@ class DemoDiTConfig(WanDiTConfig):
             raise ValueError("position_table must be () or 3 positive ints (token grid "
                              f"frames, rows, columns), got {self.position_table}")
 
+    @property
+    def max_token_grid(self) -> tuple[int, int, int] | None:
+        return tuple(self.position_table) if self.position_table else None
+
 
 class DemoDiT(WanDiT):
     """``WanDiT`` with a learned position table and a pooled caption (see the module)."""

@@ -102,6 +102,11 @@ class WanDiTConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
+    @property
+    def max_token_grid(self) -> tuple[int, int, int] | None:
+        """The largest (frames, rows, columns) token grid the model takes; None: any (RoPE)."""
+        return None
+
 
 # Official Wan 2.1 T2V sizes (wan/configs/wan_t2v_1_3B.py, wan_t2v_14B.py).
 WAN_DIT_1_3B = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)

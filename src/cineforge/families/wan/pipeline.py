@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from cineforge.errors import CineforgeError
 from cineforge.families.wan.dit import pad_context
 from cineforge.pipelines.common import (
     Conditioning,
@@ -34,6 +35,17 @@ class TextToVideo(FlowPipeline):
         """Raise a CineforgeError for any request the models cannot honour."""
         multiple = vae_config.spatial_ratio * dit_config.patch_size[1]
         check_request(r, multiple=multiple, temporal_ratio=vae_config.temporal_ratio)
+        limit = dit_config.max_token_grid
+        if limit is not None:
+            pt, ph, pw = dit_config.patch_size
+            s, t = vae_config.spatial_ratio, vae_config.temporal_ratio
+            grid = ((1 + (r.frames - 1) // t) // pt, r.height // s // ph, r.width // s // pw)
+            if any(n > m for n, m in zip(grid, limit, strict=True)):
+                most = (1 + (limit[0] * pt - 1) * t, limit[1] * ph * s, limit[2] * pw * s)
+                raise CineforgeError(
+                    f"this model's position table covers at most {most[0]} frames at "
+                    f"{most[2]}x{most[1]}; asked for {{frames}} {r.frames} at {{size}} "
+                    f"{r.width}x{r.height}", fields=("frames", "size"))
 
     def check(self, r: VideoRequest) -> None:
         self.check_request(r, self.dit.config, self.vae.config)

@@ -30,10 +30,10 @@ from cineforge.families.registry import get_preset
 from cineforge.train.config import load_config
 from cineforge.train.dit_task import DiTTask
 from cineforge.train.export import save_weights
-from cineforge.train.loop import Trainer
 from cineforge.train.run import build_task
 from cineforge.weights.files import write_model_config
 from curate_corpus import FPS, clip, write
+from train_runs import run_until
 
 pytest.importorskip("scenedetect")
 
@@ -147,15 +147,6 @@ def test_cli_trains_the_dit_from_a_curated_export(curated, vae_dir, tmp_path, mo
     assert trained.keys() == initial.keys()
     assert any(not torch.equal(trained[k], initial[k].half()) for k in initial)
     assert (out / "export" / "vae.json").is_file()
-
-
-def run_until(config, stop: int | None = None) -> Trainer:
-    trainer = Trainer(config, build_task(config), config.out)
-    trainer.resume()
-    for _ in trainer.steps():
-        if trainer.step == stop:
-            break
-    return trainer
 
 
 def test_resume_from_shards_is_exact_with_caption_dropout(curated, vae_dir, tmp_path):

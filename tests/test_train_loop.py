@@ -28,6 +28,7 @@ from cineforge.train.loop import Trainer
 from cineforge.train.models import build_model, load_vae
 from cineforge.train.run import build_task, export_run, train
 from cineforge.weights.files import read_model_config, write_model_config
+from train_runs import run_until
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ModelSpec("wan2.1-t2v-tiny")  # the tiny configs' preset
@@ -82,16 +83,6 @@ def dit_run_config(out, vae_dir, cache_dir, *overrides):
 
 def vae_run_config(out, *overrides):
     return load_config(CONFIGS / "tiny_vae.yaml", [f"out={out}", *overrides])
-
-
-def run_until(config, stop: int | None = None) -> Trainer:
-    """Resume ``config.out`` if it has a checkpoint, then step until ``stop`` (or the end)."""
-    trainer = Trainer(config, build_task(config), config.out)
-    trainer.resume()
-    for _ in trainer.steps():
-        if trainer.step == stop:
-            break
-    return trainer
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:

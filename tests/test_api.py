@@ -136,3 +136,15 @@ def test_absent_from_the_offline_hub_cache_is_one_line_naming_the_repo(offline_h
     assert main(["generate", PROMPT, "--preset", "wan2.1-t2v-1.3b"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--weights=DIR" in err and "Wan-AI/Wan2.1-T2V-1.3B" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["demo-tiny", "wan2.1-t2v-tiny"])
+def test_tiny_presets_generate_from_their_own_weights(name, tmp_path):
+    """A toy preset's DiT and VAE fit each other: random weights saved in the cineforge
+    layout load and generate at the preset's defaults."""
+    preset = get_preset(name)
+    torch.manual_seed(0)
+    dit, vae = (preset.family.build(part, getattr(preset, part)) for part in ("dit", "vae"))
+    save_components(tmp_path, dit=perturb(dit, seed=1), vae=vae)
+    video = cineforge.load_pipeline(name, tmp_path, device="cpu")(PROMPT, steps=1)
+    assert video.frames.shape == (preset.frames, preset.height, preset.width, 3)

@@ -39,7 +39,7 @@ def test_eval_command_prints_model_and_baseline_rows(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     rows = [line.split() for line in out[1:]]
-    assert [r[0] for r in rows] == ["wan2.1-t2v-tiny"] * 2 + ["random"] * 2
+    assert [r[0] for r in rows] == ["wan2.1-t2v-tiny"] * 3 + ["random"] * 3
     assert all(r[-5] == "2" for r in rows)  # n per split
     assert all(0.0 <= float(c.rstrip("%")) <= 100.0 for r in rows for c in r[-4:])
 
@@ -110,7 +110,7 @@ def test_eval_from_ground_truth_at_low_strength_keeps_colour_and_motion(capsys):
     code = main(["eval", "shapes", "-n", "4", "--steps", "16", "--strength", "0.0625",
                  "--layout", "centred", "--batch", "4", "--no-baseline"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert code == 0 and [r[1] for r in rows] == ["held-in", "held-out"]
+    assert code == 0 and [r[1] for r in rows] == ["held-in", "held-out", "held-out-wording"]
     for r in rows:
         colour, motion = (float(c.rstrip("%")) for c in (r[3], r[5]))
         assert (colour, motion) == (100.0, 100.0), r

@@ -211,7 +211,8 @@ def test_init_fresh_adds_new_modules_to_trained_weights(tmp_path, vae_dir, cache
     """A model that gained a module (the demo DiT's ``position_table``) starts from weights
     without it only when ``init_fresh`` names the module; the new module keeps its fresh
     initialisation and every other weight is loaded."""
-    demo = ("model.preset=demo-tiny", "model.overrides.pooled_text=false")
+    demo = ("model.preset=demo-tiny", "model.overrides.pooled_text=false",  # Wan tiny latents:
+            "model.overrides.in_channels=16", "model.overrides.out_channels=16")
     first = run_until(dit_run_config(tmp_path / "a", vae_dir, cache_dir, *demo,
                                      "model.overrides.position_table=[]"))
     ckpt = tmp_path / "a" / "checkpoints" / "step-00000004.pt"

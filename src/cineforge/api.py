@@ -19,7 +19,7 @@ this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from cineforge.pipelines.common import (
     check_vae_tile,
     format_bytes,
 )
+from cineforge.weights.lora import apply_loras, read_loras
 from cineforge.weights.offload import make_placement
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -91,7 +92,8 @@ class Pipeline:
     ) -> Video:
         """Generate one video. ``fields``: any ``VideoRequest`` field (``frames``,
         ``width``, ``height``, ``steps``, ``guidance``, ``shift``, ``negative``, ``solver``,
-        ``seed``, ``frame_noise_share``, ``strength``); the preset's defaults fill the rest.
+        ``seed``, ``frame_noise_share``, ``strength``, ``guidance_until``, ``cache``,
+        ``cache_threshold``); the preset's defaults fill the rest.
         ``init_video`` (1, 3, T, H, W in [-1, 1]): start from it (video-to-video)."""
         return self.generate(self.request(prompt, **fields), init_video=init_video,
                              vae_tile=vae_tile, progress=progress)
@@ -213,6 +215,7 @@ def load_pipeline(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     offload: str | None = None,
+    lora: Sequence[str | Path | tuple[str | Path, float]] = (),
 ) -> Pipeline:
     """Load ``preset`` (a name from ``cineforge presets``) for generation.
 
@@ -221,7 +224,12 @@ def load_pipeline(
     Face cache). ``device``: "auto" (a CUDA GPU when visible), "cpu", "cuda:N"; ``dtype``:
     "auto" (bf16 on a GPU, fp32 on a CPU), "fp32", "bf16", "fp16" or a torch dtype, for the
     DiT and text encoder (the VAE stays fp32); ``offload``: None, "model" (one model on the
-    device at a time) or "block" (the DiT's blocks streamed with prefetch)."""
+    device at a time) or "block" (the DiT's blocks streamed with prefetch).
+
+    ``lora``: LoRA files merged into the DiT, in order (they stack), each a path (scale 1)
+    or a ``(path, scale)`` pair, e.g. ``lora=[("style.safetensors", 0.8), "speed.safetensors"]``;
+    diffusers/PEFT, kohya and official-name (LightX2V, ComfyUI) key formats are read
+    (``cineforge.weights.lora``)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if offload not in (None, *OFFLOAD):
         raise CineforgeError(f"unknown {{offload}} mode {offload!r}; use None, "
@@ -229,7 +237,10 @@ def load_pipeline(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     check_memory(preset, None, device=device, dtype=dtype, offload=offload)
+    loras = read_loras(lora)  # before the weights: a bad file fails fast
     components = load_components(preset, weights, dtype=dtype)
+    apply_loras(components.dit, loras,
+                {name: layout.dit.keymap for name, layout in preset.family.layouts.items()})
     placement = make_placement(offload or "none", device)
     return Pipeline(preset, preset.family.make_pipeline(components, placement=placement,
                                                         dtype=dtype), offload=offload)

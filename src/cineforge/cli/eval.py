@@ -1,8 +1,10 @@
 """``cineforge eval shapes|text-use``: does a shapes-world model follow its prompts?
 
 ``shapes`` generates one clip per prompt for held-in and held-out (colour, shape, motion)
-prompts, reads colour, shape and motion back from the pixels (``cineforge.eval.shapes``) and
-prints accuracy per attribute, beside the same figures for a random-weight DiT (chance
+prompts, and for the held-in prompts' clips phrased in held-out wordings (words and sentence
+templates no training caption uses, ``cineforge.data.shapes_grammar``), reads colour, shape
+and motion back from the pixels (``cineforge.eval.shapes``) and prints accuracy per attribute
+and split, beside the same figures for a random-weight DiT (chance
 baseline). ``text-use`` prints how much the flow loss on held-in clips rises when one
 attribute of the caption is swapped (``cineforge.eval.text_use``).
 """
@@ -23,14 +25,18 @@ from cineforge.families.registry import get_preset
 from cineforge.io.video import to_uint8_frames
 from cineforge.pipelines.common import FlowPipeline, VideoRequest
 
+SPLITS = ("held-in", "held-out", "held-out-wording")
+
 
 def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> list:
-    """``n`` single-object prompt specs of ``split``, cycling through seeds for more."""
+    """``n`` single-object prompt specs of ``split`` (``SPLITS``), cycling through seeds for
+    more; 'held-out-wording' rewords the clips of 'held-in'."""
     make = heldout_prompts if split == "held-out" else heldin_prompts
+    wording = "heldout" if split == "held-out-wording" else "template"
     specs, seed = [], 0
     while len(specs) < n:
         kwargs = {"height": preset.height, "width": preset.width, "frames": preset.frames,
-                  "layout": layout}
+                  "layout": layout, "wording": wording}
         specs += make(seed=seed, **kwargs)
         seed += 1
     return specs[:n]
@@ -73,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
     rows = []
     for name, parts in models.items():
         pipe = preset.family.make_pipeline(parts)
-        for split in ("held-in", "held-out"):
+        for split in SPLITS:
             specs = prompt_specs(split, args.n, preset, layout)
             clips = generate_clips(pipe, specs, request, args.batch, f"{name} {split}")
             rows.append((name, split, score_clips(clips, specs)))
@@ -101,9 +107,9 @@ def print_text_use(result) -> None:
 
 def print_table(rows) -> None:
     print(
-        f"{'model':<16} {'split':<9} {'n':>5} {'colour':>7} {'shape':>7} {'motion':>7} {'all':>7}"
+        f"{'model':<16} {'split':<16} {'n':>5} {'colour':>7} {'shape':>7} {'motion':>7} {'all':>7}"
     )
     for name, split, sc in rows:
         values = (sc.colour, sc.shape, sc.motion, sc.all_three)
         cells = "".join(f"{100 * v:7.1f}%" for v in values)
-        print(f"{name:<16} {split:<9} {sc.n:>5}{cells}")
+        print(f"{name:<16} {split:<16} {sc.n:>5}{cells}")

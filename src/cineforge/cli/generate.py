@@ -26,7 +26,8 @@ def build_request(opts: GenerateOptions) -> VideoRequest:
         check_prompt(opts.prompt), negative=opts.negative, width=width, height=height,
         frames=opts.frames, steps=opts.steps, guidance=opts.guidance, shift=opts.shift,
         solver=opts.solver, frame_noise_share=opts.frame_noise, seed=opts.seed,
-        strength=init_strength(opts),
+        strength=init_strength(opts), guidance_until=opts.guidance_until, cache=opts.cache,
+        cache_threshold=opts.cache_threshold,
     )
 
 
@@ -68,7 +69,8 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
                  vae_tile=opts.vae_tile)
     init = (None if opts.video is None
             else load_init_video(opts.video, request, preset.vae.temporal_ratio))
-    pipe = load_pipeline(preset, opts.weights, device=device, dtype=dtype, offload=offload)
+    pipe = load_pipeline(preset, opts.weights, device=device, dtype=dtype, offload=offload,
+                         lora=tuple(opts.lora))
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

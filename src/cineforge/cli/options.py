@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,12 @@ class GenerateOptions:
     dtype: str = "auto"
     offload: str = "none"
     vae_tile: int | None = None
+    lora: tuple[tuple[Path, float], ...] = ()  # (file, scale), applied in order
     video: Path | None = None  # video-to-video: the init video
     strength: float | None = None  # share of the steps run from it (default 0.7 with --video)
+    guidance_until: float | None = None  # share of the steps with guidance (default 1)
+    cache: str | None = None  # step cache (default none)
+    cache_threshold: float | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerateOptions:
@@ -46,6 +51,20 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 832x480, got {text!r}") from None
     return w, h
+
+
+def parse_lora(text: str) -> tuple[Path, float]:
+    """``FILE[:SCALE]`` -> (file, scale); the scale defaults to 1."""
+    head, _, tail = text.rpartition(":")
+    if not head:
+        return Path(text), 1.0
+    try:
+        scale = float(tail)
+    except ValueError:
+        return Path(text), 1.0  # a colon in the file name, no scale
+    if not math.isfinite(scale):
+        raise argparse.ArgumentTypeError(f"the scale of --lora {text!r} must be finite")
+    return Path(head), scale
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,12 +105,24 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--vae-tile", type=int,
                    help="decode in spatial tiles of this many pixels (whole VAE cells, e.g. 256)")
+    p.add_argument("--lora", type=parse_lora, action="append", default=[],
+                   metavar="FILE[:SCALE]",
+                   help="merge this LoRA (.safetensors; diffusers, kohya or official-name keys) "
+                        "into the DiT at SCALE (default 1); repeat to stack several")
     p.add_argument("--video", type=Path,
                    help="video-to-video: start from this video's first --frames frames (at the "
                         "output size), noised by --strength")
     p.add_argument("--strength", type=float,
                    help="with --video: share of the steps run from the noised video, in (0, 1]; "
                         "lower keeps more of it (default 0.7)")
+    p.add_argument("--guidance-until", type=float,
+                   help="share of the steps (the first ones) run with guidance, in [0, 1]; the "
+                        "others run the conditional model alone (default 1)")
+    p.add_argument("--cache", choices=("none", "tea", "mag"),
+                   help="step cache: reuse the last velocity while the input (tea) or the "
+                        "calibrated velocity magnitude (mag) changes little (default none)")
+    p.add_argument("--cache-threshold", type=float,
+                   help="the cache's skip threshold, >= 0; higher skips more (default 0: none)")
 
 
 def add_frame_noise_argument(p: argparse.ArgumentParser) -> None:

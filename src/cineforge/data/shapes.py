@@ -16,6 +16,10 @@ main object only from them): the (colour, shape) pairs purple triangle, orange c
 square (3 of 28) and the (shape, motion) pairs circle bouncing, square growing, triangle moving
 down-left and diamond moving up (4 of 48); 61 of the 336 (colour, shape, motion) triples.
 
+Captions come from fixed templates (wording 'template', the default) or from the caption grammar
+of ``cineforge.data.shapes_grammar`` (wording 'varied': synonyms and paraphrases; wording
+'heldout', for prompts only: wordings never used in training).
+
 Item ``i`` of a ``ShapesWorld`` depends on (seed, split, i) alone, so a trainer resumes at any
 data position. Sizes are in pixels at 64 px and scale with ``min(height, width) / 64``, and
 with ``object_scale`` (default 1; at most 1.25, where the longest paths still fit the frame).
@@ -29,12 +33,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cineforge.data import shapes_grammar
 from cineforge.errors import CineforgeError
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "FILL", "HELDOUT_COLOUR_SHAPE", "HELDOUT_SHAPE_MOTION", "LAYOUTS",
-    "MOTIONS", "SHAPES", "TINY_SHAPES_WORLD", "Background", "ClipSpec", "ObjectSpec", "ShapesWorld",
-    "ShapesWorldConfig", "check_object_scale", "check_subset", "combinations", "heldin_prompts",
+    "MOTIONS", "SHAPES", "TINY_SHAPES_WORLD", "WORDINGS", "Background", "ClipSpec", "ObjectSpec",
+    "ShapesWorld", "ShapesWorldConfig", "check_object_scale", "check_subset", "check_wording",
+    "combinations", "heldin_prompts",
     "heldout_prompts",
     "is_heldout", "object_track", "parse_caption", "render", "sample_spec", "shape_coverage",
     "to_video_tensor",
@@ -60,6 +66,7 @@ HELDOUT_SHAPE_MOTION = frozenset({
     ("circle", "bounce"), ("square", "grow"), ("triangle", "down_left"), ("diamond", "up"),
 })
 LAYOUTS = ("free", "centred")
+WORDINGS = ("template", "varied", "heldout")  # 'heldout': evaluation prompts only
 OBJECT_SCALES = (0.5, 1.25)  # object_scale range: above 1.25 the longest paths leave the frame
 _SECONDARY_MOTIONS = (*DIRECTIONS, "bounce", "still")  # no size change: main stays bigger
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}  # area / size^2
@@ -138,6 +145,15 @@ def check_object_scale(what: str, scale: float) -> None:
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise CineforgeError(f"unknown shapes-world layout {layout!r}; use one of {LAYOUTS}")
+
+
+def check_wording(what: str, wording: str, training: bool = False) -> None:
+    """Refuse an unknown caption wording; a training world never takes 'heldout'."""
+    allowed = WORDINGS[:2] if training else WORDINGS
+    if wording not in allowed:
+        hint = (" (held-out wordings are for evaluation prompts only)"
+                if wording == "heldout" else "")
+        raise CineforgeError(f"{what} must be one of {allowed}, got {wording!r}{hint}")
 
 
 def _check_split(split: str) -> None:
@@ -339,6 +355,7 @@ def sample_spec(
     n_objects: int = 1, split: str = "train", combo: tuple[str, str, str] | None = None,
     layout: str = "free", backgrounds: tuple[str, ...] | None = None,
     motions: tuple[str, ...] | None = None, object_scale: float = 1.0,
+    wording: str = "template",
 ) -> ClipSpec:
     """Draw one clip. The main object's (colour, shape, motion) is uniform over the split's
     triples unless ``combo`` fixes it; a second object (smaller, other colour, translating or
@@ -347,12 +364,15 @@ def sample_spec(
     of the frame, so the caption fixes most of the clip; the second object stays free).
     ``backgrounds`` limits the background colours to those names, ``motions`` a clip's main
     object to those motions (default: all; images stay still): curriculum knobs.
-    ``object_scale`` multiplies every object size (and the sizes the size words name)."""
+    ``object_scale`` multiplies every object size (and the sizes the size words name).
+    ``wording`` picks the caption's phrasing (``WORDINGS``); the caption is drawn last, so the
+    clip itself is the same under every wording."""
     _check_split(split)
     _check_layout(layout)
     check_subset("backgrounds", backgrounds, BACKGROUNDS)
     check_subset("motions", motions, MOTIONS)
     check_object_scale("object_scale", object_scale)
+    check_wording("wording", wording)
     if n_objects not in (1, 2):
         raise CineforgeError(f"n_objects must be 1 or 2, got {n_objects!r}")
     image, scale = frames == 1, min(height, width) / 64 * object_scale
@@ -377,7 +397,10 @@ def sample_spec(
     if n_objects == 2:
         objects.append(_second_object(rng, objects[0], frames, height, width, scale))
     background = _sample_background(rng, [o.colour for o in objects], backgrounds)
-    caption = _caption(rng, objects, background, image)
+    if wording == "template":
+        caption = _caption(rng, objects, background, image)
+    else:
+        caption = shapes_grammar.phrase(rng, objects, background, image, wording == "heldout")
     return ClipSpec(height, width, frames, tuple(objects), background, caption)
 
 
@@ -461,32 +484,43 @@ def recaption(spec: ClipSpec, seed: int = 0, **change: str) -> str:
     return _caption(np.random.default_rng(seed), objects, spec.background, spec.frames == 1)
 
 
-_MOTION_WORDS = {
-    "bounce": {"bounces", "bouncing"},
-    "grow": {"grows", "growing", "expands", "expanding", "bigger"},
-    "shrink": {"shrinks", "shrinking", "smaller", "contracts", "contracting"},
+_MOTION_WORDS = {  # the template words, then the grammar's (shapes_grammar)
+    "bounce": {"bounces", "bouncing", "forth", "ricochets", "ricocheting"},
+    "grow": {"grows", "growing", "expands", "expanding", "bigger", "swells", "swelling",
+             "inflates", "inflating"},
+    "shrink": {"shrinks", "shrinking", "smaller", "contracts", "contracting", "dwindles",
+               "dwindling"},
     "still": {"still", "motionless", "stationary", "place"},
 }
 _AXIS_WORDS = {
-    "up": {"up", "upward", "upwards", "rises", "rising", "top"},
-    "down": {"down", "downward", "downwards", "falls", "falling", "sinks", "sinking", "bottom"},
+    "up": {"up", "upward", "upwards", "rises", "rising", "top", "climbs", "climbing", "ascends",
+           "ascending"},
+    "down": {"down", "downward", "downwards", "falls", "falling", "sinks", "sinking", "bottom",
+             "drops", "dropping", "descends", "descending", "plunges", "plunging"},
     "left": {"left", "leftward", "leftwards"},
     "right": {"right", "rightward", "rightwards"},
 }
+_COLOUR_OF = {w: c for c, (held_in, held_out) in shapes_grammar.COLOUR_WORDS.items()
+              for w in (*held_in, *held_out)}
+_SHAPE_OF = {w: s for s, (held_in, held_out) in shapes_grammar.SHAPE_WORDS.items()
+             for w in (*held_in, *held_out)}
 
 
 def parse_caption(caption: str) -> dict[str, str | None]:
     """Colour, shape and motion of the MAIN (first mentioned) object of a shapes-world style
-    prompt; None for what the prompt does not say (no motion word means 'still')."""
+    prompt; None for what the prompt does not say (no motion word means 'still'). Reads the
+    synonyms and paraphrases of the caption grammar too ("a crimson ball that drops")."""
     words = re.findall(r"[a-z]+", caption.lower())
-    where = next((i for i, w in enumerate(words) if w in SHAPES), None)
+    where = next((i for i, w in enumerate(words) if w in _SHAPE_OF), None)
     if where is None:
         return {"colour": None, "shape": None, "motion": None}
     # the colour sits right before the shape, or before a size word; others are the background's
-    colour = next((w for w in reversed(words[max(where - 2, 0):where]) if w in COLOURS), None)
+    colour = next((_COLOUR_OF[w] for w in reversed(words[max(where - 2, 0):where])
+                   if w in _COLOUR_OF), None)
     clause = []
     for i in range(where + 1, len(words)):
-        if words[i] in ("and", "while") and i + 1 < len(words) and words[i + 1] in ("a", "an"):
+        if words[i] in ("and", "while") and i + 1 < len(words) and words[i + 1] in (
+                "a", "an", "the"):
             break
         clause.append(words[i])
     found = set(clause)
@@ -495,7 +529,7 @@ def parse_caption(caption: str) -> dict[str, str | None]:
         vertical = next((a for a in ("up", "down") if found & _AXIS_WORDS[a]), None)
         horizontal = next((a for a in ("left", "right") if found & _AXIS_WORDS[a]), None)
         motion = "_".join(a for a in (vertical, horizontal) if a) or "still"
-    return {"colour": colour, "shape": words[where], "motion": motion}
+    return {"colour": colour, "shape": _SHAPE_OF[words[where]], "motion": motion}
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -513,6 +547,7 @@ class ShapesWorldConfig:
     backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
     motions: tuple[str, ...] | None = None  # main-object motions of clips (None: all)
     object_scale: float = 1.0  # object sizes times this (size words follow)
+    wording: str = "template"  # captions: fixed templates or the grammar ("varied")
     seed: int = 0
     length: int = 100_000  # what len() reports; any index >= 0 is valid
 
@@ -531,6 +566,7 @@ class ShapesWorldConfig:
         check_subset("backgrounds", self.backgrounds, BACKGROUNDS)
         check_subset("motions", self.motions, MOTIONS)
         check_object_scale("object_scale", self.object_scale)
+        check_wording("wording", self.wording, training=True)
         if self.seed < 0 or self.length < 1:
             raise CineforgeError("seed must be >= 0 and length >= 1")
 
@@ -560,7 +596,7 @@ class ShapesWorld:
         return sample_spec(rng, height=c.height, width=c.width, frames=frames,
                            n_objects=n_objects, split=c.split, layout=c.layout,
                            backgrounds=c.backgrounds, motions=c.motions,
-                           object_scale=c.object_scale)
+                           object_scale=c.object_scale, wording=c.wording)
 
     def __getitem__(self, index: int) -> dict:
         spec = self.spec(index)
@@ -577,28 +613,42 @@ class ShapesWorld:
             index += 1
 
 
-def _prompt_specs(triples, height, width, frames, seed, layout) -> list[ClipSpec]:
+def _prompt_specs(triples, height, width, frames, seed, layout, wording) -> list[ClipSpec]:
+    """Template-worded specs of ``triples``; another wording rewords the same clips, drawing
+    each caption from (seed, 2, item)."""
+    check_wording("wording", wording)
     rng = np.random.default_rng(seed)
-    return [sample_spec(rng, height=height, width=width, frames=frames, combo=t, layout=layout)
-            for t in triples]
+    specs = [sample_spec(rng, height=height, width=width, frames=frames, combo=t, layout=layout)
+             for t in triples]
+    if wording == "template":
+        return specs
+    return [dataclasses.replace(s, caption=shapes_grammar.phrase(
+        np.random.default_rng([seed, 2, i]), s.objects, s.background, frames == 1,
+        wording == "heldout")) for i, s in enumerate(specs)]
 
 
-def heldout_prompts(*, height=64, width=64, frames=17, seed=0, layout="free") -> list[ClipSpec]:
+def heldout_prompts(
+    *, height=64, width=64, frames=17, seed=0, layout="free", wording="template"
+) -> list[ClipSpec]:
     """One single-object clip per held-out (colour, shape, motion) triple, fixed by ``seed``:
-    each has ``.caption`` and the ground truth ``.main`` (render it for a reference clip)."""
+    each has ``.caption`` and the ground truth ``.main`` (render it for a reference clip).
+    ``wording`` other than 'template' rewords the same clips (see ``WORDINGS``)."""
     return _prompt_specs(combinations("heldout", image=frames == 1), height, width, frames, seed,
-                         layout)
+                         layout, wording)
 
 
 def heldin_prompts(
-    n: int | None = None, *, height=64, width=64, frames=17, seed=0, layout="free"
+    n: int | None = None, *, height=64, width=64, frames=17, seed=0, layout="free",
+    wording="template",
 ) -> list[ClipSpec]:
     """``n`` (default: as many as ``heldout_prompts``) single-object clips of distinct training
-    triples, drawn by ``seed``."""
+    triples, drawn by ``seed``; ``wording="heldout"`` phrases these same clips in held-out
+    wordings (the 'held-out wording' evaluation split)."""
     image = frames == 1
     triples = combinations("train", image=image)
     n = len(combinations("heldout", image=image)) if n is None else n
     if not 0 < n <= len(triples):
         raise CineforgeError(f"n must be in 1..{len(triples)}, got {n}")
     pick = np.random.default_rng([seed, 1]).choice(len(triples), n, replace=False)
-    return _prompt_specs([triples[i] for i in sorted(pick)], height, width, frames, seed, layout)
+    return _prompt_specs([triples[i] for i in sorted(pick)], height, width, frames, seed, layout,
+                         wording)

@@ -172,6 +172,9 @@ class SamplerDefaults:
     solver: str = "unipc"
     negative: str = ""
     frame_noise_share: float = 0.0  # the model's training noise: sampling.frame_noise
+    # MagCache's calibration: (t, mean|v|) of one run at these defaults
+    # (FlowPipeline.calibrate_magnitudes); () leaves cache "mag" unavailable
+    magnitudes: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,7 +230,8 @@ class Preset:
         s = self.sampler
         defaults = dict(width=self.width, height=self.height, frames=self.frames,
                         steps=s.steps, guidance=s.guidance, shift=s.shift, negative=s.negative,
-                        solver=s.solver, frame_noise_share=s.frame_noise_share)
+                        solver=s.solver, frame_noise_share=s.frame_noise_share,
+                        cache_magnitudes=s.magnitudes)
         names = {f.name for f in dataclasses.fields(VideoRequest)} - {"prompt"}
         unknown = sorted(set(overrides) - names)
         if unknown:

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
-from cineforge.sampling import SolverStep, get_solver, guided_velocity, initial_noise
+from cineforge.sampling import SolverStep, Velocity, get_solver, guided_velocity, initial_noise
+from cineforge.sampling.caching import CACHES, MagnitudeLog, make_cache
+from cineforge.sampling.guidance import batchable
 from cineforge.weights.offload import Resident
 
 Progress = Callable[[str, int, int], None]
@@ -47,9 +49,14 @@ class VideoRequest:
     seed: int = 0
     frame_noise_share: float = 0.0  # share of the initial noise common to all frames
     strength: float = 1.0  # video-to-video: share of the steps run from the noised init video
+    guidance_until: float = 1.0  # share of the (first) steps run with guidance; then cond only
+    cache: str = "none"  # step cache: "none", "tea" or "mag" (sampling.caching)
+    cache_threshold: float = 0.0  # the cache's skip threshold; 0 never skips
+    cache_magnitudes: tuple[tuple[float, float], ...] = ()  # MagCache: (t, mean|v|) of a run
 
 
-FLOAT_FIELDS = ("guidance", "shift", "frame_noise_share", "strength")
+FLOAT_FIELDS = ("guidance", "shift", "frame_noise_share", "strength", "guidance_until",
+                "cache_threshold")
 SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes (negatives wrap)
 
 
@@ -94,6 +101,23 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
             "(0, 1] with steps * strength >= 1", fields=("strength", "steps")
         )
     get_solver(r.solver)
+    check_speedups(r)
+
+
+def check_speedups(r: VideoRequest) -> None:
+    """Guidance truncation and step caching (``guidance_until``, ``cache*``)."""
+    if not 0 <= r.guidance_until <= 1:
+        raise CineforgeError(f"{{guidance_until}} must be in [0, 1] (the share of the steps "
+                             f"with guidance), got {r.guidance_until}", fields=("guidance_until",))
+    if r.cache not in CACHES:
+        raise CineforgeError(f"unknown {{cache}} {r.cache!r}; use one of {', '.join(CACHES)}",
+                             fields=("cache",))
+    if r.cache_threshold < 0:
+        raise CineforgeError(f"{{cache_threshold}} must be >= 0 (0: no skipping), got "
+                             f"{r.cache_threshold}", fields=("cache_threshold",))
+    if r.cache == "mag" and len(r.cache_magnitudes) < 2:
+        raise CineforgeError("{cache} mag needs a magnitude calibration of the model, which "
+                             "this preset lacks; use {cache} tea", fields=("cache",))
 
 
 def round_to(n: int, multiple: int) -> int:
@@ -270,13 +294,21 @@ class FlowPipeline:
         shift: float,
         solver: str = "unipc",
         skip: int = 0,
+        guidance_until: float = 1.0,
+        cache: Callable[[Velocity], Velocity] | None = None,
     ) -> Iterator[SolverStep]:
         """Yield every solver step from ``noise`` (float32 latents) to the clean latents;
-        the DiT sees ``dit(x, t, **cond)`` (and ``**uncond`` under guidance). ``skip``: start
-        after that many steps of the schedule, from ``noise`` at its sigma there."""
+        the DiT sees ``dit(x, t, **cond)`` (and ``**uncond`` under guidance: in one batch when
+        their shapes allow). ``skip``: start after that many steps of the schedule, from
+        ``noise`` at its sigma there. ``guidance_until``: share of the steps run (the first
+        ones) with guidance, the others call the DiT with ``cond`` only. ``cache``: wraps the
+        guided velocity (``sampling.caching.make_cache``)."""
         chosen = get_solver(solver)
         sigmas, times = self.schedule(steps, shift, solver)
         sigmas, times = sigmas[skip:], times[skip:]
+        guided = math.ceil(guidance_until * len(times) - 1e-9)  # steps with guidance
+        until = None if guided >= len(times) else (
+            float(times[guided - 1]) if guided else math.inf)
         with self.placement.use(self.dit) as dit:
             device = next(dit.parameters()).device
             cond = _to(cond, device, self.dtype)
@@ -286,7 +318,10 @@ class FlowPipeline:
                 with torch.no_grad():
                     return dit(x.to(self.dtype), t, **kwargs).float()
 
-            velocity = guided_velocity(model, cond, uncond, guidance)
+            velocity = guided_velocity(model, cond, uncond, guidance,
+                                       batched=batchable(cond, uncond), until=until)
+            if cache is not None:
+                velocity = cache(velocity)
             yield from chosen.steps(velocity, noise.to(device), sigmas.to(device), times.to(device))
 
     def __call__(
@@ -317,7 +352,8 @@ class FlowPipeline:
         report("denoise", 0, r.steps - skip)
         steps = self.sample(
             cond, uncond, latents, steps=r.steps, guidance=r.guidance, shift=r.shift,
-            solver=r.solver, skip=skip,
+            solver=r.solver, skip=skip, guidance_until=r.guidance_until,
+            cache=make_cache(r.cache, r.cache_threshold, r.cache_magnitudes),
         )
         for step in steps:
             latents = step.x
@@ -335,6 +371,23 @@ class FlowPipeline:
                                  "the VAE weights")
         report("decode", 1, 1)
         return video
+
+    def calibrate_magnitudes(self, r: VideoRequest) -> tuple[tuple[float, float], ...]:
+        """MagCache's calibration: ``(t, mean|v|)`` of the guided velocity at every step of
+        one uncached run of ``r`` (store it as the preset's ``SamplerDefaults.magnitudes``)."""
+        self.check(r)
+        logs: list[MagnitudeLog] = []
+
+        def record(velocity: Velocity) -> Velocity:
+            logs.append(MagnitudeLog(velocity))
+            return logs[-1]
+
+        cond, uncond = self.conditions([r.prompt], r)
+        for _ in self.sample(cond, uncond, self.initial_latents(r, 1), steps=r.steps,
+                             guidance=r.guidance, shift=r.shift, solver=r.solver,
+                             guidance_until=r.guidance_until, cache=record):
+            pass
+        return tuple((round(t, 5), round(m, 5)) for t, m in logs[0].records)
 
     def noised_init(
         self, video: torch.Tensor, noise: torch.Tensor, r: VideoRequest, skip: int

@@ -2,6 +2,10 @@
 
 ``v = v_uncond + scale * (v_cond - v_uncond)``; scale 1 is the conditional velocity alone and
 skips the unconditional evaluation. The result is again a ``velocity(x, t)`` for any solver.
+
+Guidance truncation (``until``): guidance only at flow times ``t >= until``, i.e. the first,
+noisiest steps where the layout forms; later steps evaluate the conditional model alone
+(one forward instead of two).
 """
 
 from collections.abc import Callable, Mapping
@@ -13,7 +17,7 @@ from torch import Tensor
 from cineforge.errors import CineforgeError
 from cineforge.sampling.solvers import Velocity
 
-__all__ = ["classifier_free_guidance", "guided_velocity"]
+__all__ = ["batchable", "classifier_free_guidance", "guided_velocity"]
 
 
 def _mix(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
@@ -31,6 +35,15 @@ def classifier_free_guidance(
         return _mix(velocity_cond(x, t), velocity_uncond(x, t), scale)
 
     return guided
+
+
+def batchable(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> bool:
+    """Whether cond and uncond can run as one batch (``guided_velocity(batched=True)``)."""
+    try:
+        _concat_conditioning(cond, uncond)
+    except CineforgeError:
+        return False
+    return True
 
 
 def _concat_conditioning(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,12 +80,15 @@ def guided_velocity(
     scale: float,
     *,
     batched: bool = True,
+    until: float | None = None,
 ) -> Velocity:
     """Guided velocity over ``model(x, t, **conditioning) -> v``.
 
     ``batched=True`` runs cond and uncond in one call on a doubled batch (``[x; x]``, ``[t; t]``,
     each conditioning tensor ``[cond; uncond]``), faster on accelerators; ``batched=False``
     makes two calls. Both give the same result. Scale 1 calls the conditional model only.
+    ``until``: guide only where ``t >= until`` (flow time), elsewhere call the conditional
+    model alone; None guides everywhere.
     """
 
     def conditional(x: Tensor, t: Tensor) -> Tensor:
@@ -82,11 +98,18 @@ def guided_velocity(
         return model(x, t, **uncond)
 
     if scale == 1 or not batched:
-        return classifier_free_guidance(conditional, unconditional, scale)
-    both = _concat_conditioning(cond, uncond)
+        guided = classifier_free_guidance(conditional, unconditional, scale)
+    else:
+        both = _concat_conditioning(cond, uncond)
 
-    def guided(x: Tensor, t: Tensor) -> Tensor:
-        v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-        return _mix(v_cond, v_uncond, scale)
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+            return _mix(v_cond, v_uncond, scale)
 
-    return guided
+    if until is None or scale == 1:
+        return guided
+
+    def truncated(x: Tensor, t: Tensor) -> Tensor:
+        return guided(x, t) if float(t.max()) >= until else conditional(x, t)
+
+    return truncated

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cineforge.data.shapes import BACKGROUNDS, LAYOUTS, MOTIONS, check_object_scale, check_subset
+from cineforge.data.shapes import (
+    BACKGROUNDS,
+    LAYOUTS,
+    MOTIONS,
+    check_object_scale,
+    check_subset,
+    check_wording,
+)
 from cineforge.errors import CineforgeError
 
 TASKS = ("vae", "dit")
@@ -63,6 +70,7 @@ class DataConfig:
     backgrounds: tuple[str, ...] | None = None  # background colours drawn from (None: all)
     motions: tuple[str, ...] | None = None  # main-object motions of clips (None: all)
     object_scale: float = 1.0  # object sizes times this, in [0.5, 1.25]
+    wording: str = "template"  # captions: fixed templates or "varied" (data.shapes_grammar)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +93,7 @@ class DataConfig:
         check_subset("data.backgrounds", self.backgrounds, BACKGROUNDS)
         check_subset("data.motions", self.motions, MOTIONS)
         check_object_scale("data.object_scale", self.object_scale)
+        check_wording("data.wording", self.wording, training=True)
 
 
 @dataclass(frozen=True)

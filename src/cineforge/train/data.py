@@ -30,7 +30,7 @@ def shapes_world(data: DataConfig, role: str, image_fraction: float | None = Non
         height=data.height, width=data.width, frames=data.frames, image_fraction=fraction,
         two_object_fraction=data.two_object_fraction, layout=data.layout,
         backgrounds=data.backgrounds, motions=data.motions, object_scale=data.object_scale,
-        seed=data.seed * len(ROLES) + ROLES.index(role),
+        wording=data.wording, seed=data.seed * len(ROLES) + ROLES.index(role),
     ))
 
 

@@ -117,7 +117,7 @@ def cache_meta(config: TrainConfig) -> dict:
 
 # World knobs added after caches were first built: left out at their defaults (the whole
 # world, objects at their first sizes), so those caches still match.
-_LATER_KNOBS = ("backgrounds", "motions", "object_scale")
+_LATER_KNOBS = ("backgrounds", "motions", "object_scale", "wording")
 
 
 def _world_source(world: ShapesWorldConfig) -> dict:

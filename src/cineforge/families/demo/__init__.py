@@ -29,7 +29,8 @@ DEMO_DIT = DemoDiTConfig(
     position_table=(5, 8, 8),  # 5 latent frames x 8 x 8 tokens: 17 frames at 64x64
     pooled_text=True,
 )
-DEMO_DIT_TINY = DemoDiTConfig(**{**dataclasses.asdict(WAN_DIT_TINY), "text_dim": 384},
+DEMO_DIT_TINY = DemoDiTConfig(**{**dataclasses.asdict(WAN_DIT_TINY), "text_dim": 384,
+                                 "in_channels": 4, "out_channels": 4},  # COMPACT_VAE_TINY's
                               position_table=(3, 8, 8), pooled_text=True)
 DEMO_VAE = CompactVAEConfig(
     widths=(32, 64, 64), z_dim=16, frames_per_latent=4,
@@ -46,6 +47,16 @@ DEMO_VAE = CompactVAEConfig(
         0.592376074450049, 1.1573259221095584, 1.0400086950111267, 0.758671468576755,
         0.8540511243064118, 0.178022100177463, 0.5455509605511644, 0.3265508967351059
     ),
+)
+
+# MagCache's calibration of the shipped weights at the defaults below: (t, mean|v|) of the
+# guided velocity at each step (FlowPipeline.calibrate_magnitudes, prompt "a red circle moves
+# to the right", seed 0)
+DEMO_MAGNITUDES = (
+    (0.999, 2.27425), (0.982, 1.6813), (0.964, 1.36742), (0.944, 1.31575), (0.923, 1.21546),
+    (0.9, 1.10637), (0.875, 1.07247), (0.848, 1.03451), (0.818, 1.01978), (0.786, 1.01954),
+    (0.75, 1.01496), (0.71, 1.00785), (0.667, 1.02024), (0.618, 1.02468), (0.563, 1.01898),
+    (0.5, 1.03402), (0.429, 1.0358), (0.347, 1.03049), (0.251, 1.05112), (0.138, 1.0544),
 )
 
 DEMO_FAMILY = Family(
@@ -69,7 +80,8 @@ DEMO = Preset(
     height=64,
     frames=17,
     fps=8,
-    sampler=SamplerDefaults(steps=20, guidance=6.0, shift=3.0, frame_noise_share=0.5),
+    sampler=SamplerDefaults(steps=20, guidance=6.0, shift=3.0, frame_noise_share=0.5,
+                            magnitudes=DEMO_MAGNITUDES),
     embedded="demo",
 )
 

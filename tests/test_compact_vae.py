@@ -105,3 +105,27 @@ def test_detail_weights_mark_small_objects_not_smooth_backgrounds():
     assert w.shape == (1, 1, 2, 64, 64)
     assert w[..., 20:28, 30:38].eq(11.0).all()  # the object itself
     assert w[..., 50:, :10].eq(1.0).all() and w[..., :5, 55:].eq(1.0).all()  # far away
+
+
+def test_edge_error_is_the_l1_distance_between_image_gradients():
+    from cineforge.train.vae_task import edge_error
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, 2, 5, 6, generator=gen), torch.randn(2, 3, 2, 5, 6, generator=gen)
+    grads = lambda v: (v[..., :, 1:] - v[..., :, :-1], v[..., 1:, :] - v[..., :-1, :])  # noqa: E731
+    (xw, xh), (yw, yh) = grads(x), grads(y)
+    want = ((xw - yw).abs().mean() + (xh - yh).abs().mean()) / 2
+    torch.testing.assert_close(edge_error(x - y, None), want)
+    assert edge_error(x + 0.3, None) == edge_error(x, None)  # a constant offset has no edges
+
+    # Weighted: each difference counts with the larger weight of its two pixels; a weight of 1
+    # everywhere is the plain mean, and weight only on one column pair isolates that pair.
+    ones = torch.ones(2, 1, 2, 5, 6)
+    torch.testing.assert_close(edge_error(x - y, ones), want)
+    w = torch.zeros(2, 1, 2, 5, 6)
+    w[..., 2] = 1.0  # column 2: horizontal differences 1-2 and 2-3, vertical ones in column 2
+    err = x - y
+    horizontal = (err[..., 2:4] - err[..., 1:3]).abs()  # differences (1,2) and (2,3)
+    vertical = (err[..., 1:, 2] - err[..., :-1, 2]).abs()
+    expected = (horizontal.sum() / (2 * 2 * 2 * 5 * 3) + vertical.sum() / (2 * 2 * 4 * 3)) / 2
+    torch.testing.assert_close(edge_error(err, w), expected)

@@ -142,12 +142,14 @@ class VAEObjective:
     """Reconstruction ``l1 * |x - x'| + mse * (x - x')^2`` plus ``kl * KL(q(z|x) || N(0, 1))``,
     trained on random ``crop``-pixel squares of ``clip_frames``-frame windows (0 = whole).
     ``detail_weight`` w > 0 weights the reconstruction of pixels that stand out from their
-    neighbourhood by ``1 + w`` (``cineforge.train.vae_task.pixel_detail_weights``)."""
+    neighbourhood by ``1 + w`` (``cineforge.train.vae_task.pixel_detail_weights``).
+    ``edge`` > 0 adds ``edge * |grad x - grad x'|`` (neighbour differences, same weights)."""
 
     l1: float = 1.0
     mse: float = 1.0
     kl: float = 1e-6
     detail_weight: float = 0.0
+    edge: float = 0.0
     sample: bool = True  # decode a posterior draw (a VAE); false: the mean (faster to fit)
     crop: int = 0
     clip_frames: int = 5
@@ -156,9 +158,10 @@ class VAEObjective:
     stats_items: int = 32  # items whose latents give the exported per-channel mean / std
 
     def __post_init__(self) -> None:
-        _require(min(self.l1, self.mse, self.kl, self.detail_weight) >= 0
+        _require(min(self.l1, self.mse, self.kl, self.detail_weight, self.edge) >= 0
                  and self.l1 + self.mse > 0,
-                 "vae.l1, vae.mse, vae.kl, vae.detail_weight must be >= 0 and l1 + mse > 0")
+                 "vae.l1, vae.mse, vae.kl, vae.detail_weight, vae.edge must be >= 0 "
+                 "and l1 + mse > 0")
         _require(self.crop >= 0 and self.crop % 16 == 0,
                  f"vae.crop must be 0 (whole frame) or a multiple of 16, got {self.crop}")
         _require(self.clip_frames >= 1 and (self.clip_frames - 1) % 4 == 0,

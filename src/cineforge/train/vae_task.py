@@ -11,6 +11,9 @@ sub-batch
 (with ``vae.detail_weight`` > 0 the two reconstruction means are weighted per pixel by
 ``pixel_detail_weights``: small objects on large smooth backgrounds otherwise barely move a
 pixel-mean loss, and the demo VAE learned shapes and motion long before object colours)
+plus, with ``vae.edge`` > 0, ``edge * mean |grad x - grad x'|`` over the horizontal and
+vertical neighbour differences of every frame, weighted the same way: a pixel loss lets
+corners round off (diamonds decoded as circles) and leaves stripes the eye sees at once
 
 and the step's loss is the mean of the sub-batch losses weighted by their pixel counts
 (the same as one mean over all pixels of the step). The causal VAE encodes a clip's first
@@ -58,6 +61,22 @@ def pixel_detail_weights(video: torch.Tensor, weight: float) -> torch.Tensor:
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` with ``weights`` broadcast over channels, normalised by the weights."""
     return (values * weights).sum() / (weights.sum() * values.shape[1])
+
+
+def edge_error(err: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean ``|grad err|`` over the horizontal and vertical neighbour differences of
+    ``err = x' - x`` (B, C, T, H, W): the L1 distance between the two images' gradients.
+    ``weights`` (B, 1, T, H, W) weight each difference by the larger of its two pixels'."""
+    total = err.new_zeros(())
+    for dim in (-1, -2):
+        diff = err.diff(dim=dim).abs()
+        if weights is None:
+            total = total + diff.mean()
+        else:
+            n = weights.shape[dim]
+            w = torch.maximum(weights.narrow(dim, 0, n - 1), weights.narrow(dim, 1, n - 1))
+            total = total + _weighted_mean(diff, w)
+    return total / 2
 
 
 def psnr(mse: float) -> float:
@@ -136,13 +155,17 @@ class VAETask:
                 noise = torch.randn(mu.shape, generator=generator).to(device)  # drawn on CPU
                 z = mu + (0.5 * logvar).exp() * noise
             err = model.decode_raw(z) - video
-            if o.detail_weight:
-                w = pixel_detail_weights(video, o.detail_weight)
+            w = pixel_detail_weights(video, o.detail_weight) if o.detail_weight else None
+            if w is not None:
                 l1, mse = _weighted_mean(err.abs(), w), _weighted_mean(err.square(), w)
             else:
                 l1, mse = err.abs().mean(), err.square().mean()
             kl = kl_divergence(mu, logvar)
             part = o.l1 * l1 + o.mse * mse + o.kl * kl
+            if o.edge:
+                edge = edge_error(err, w)
+                part = part + o.edge * edge
+                parts[f"edge_{kind}"] = edge.item()
             loss = loss + part * (video.numel() / total)
             parts.update({f"loss_{kind}": part.item(), f"l1_{kind}": l1.item(),
                           f"mse_{kind}": mse.item(), f"kl_{kind}": kl.item()})

@@ -31,7 +31,7 @@ DEMO_CHAIN = {
     "t": ("ema", 1000), "k": ("raw", None), "w": ("raw", None), "s": ("ema", None),
     "v": ("raw", None), "s2": ("raw", None), "v2": ("raw", None), "o": ("ema", None),
     "l": ("ema", None), "l2": ("ema", None), "l3": ("ema", None), "p3": ("ema", None),
-    "p4": ("ema", None),
+    "p4": ("ema", None), "flash": (None, None),
 }
 
 
@@ -41,7 +41,10 @@ def test_demo_recipe_stages_load_and_each_starts_from_the_one_before():
     assert {p.stem for p in DEMO.parent.glob("*.yaml")} == {*DEMO_CHAIN, "recipe"}
     (_, vae), (_, p2) = stages[:2]
     assert vae.task == "vae" and p2.task == "dit" and not vae.init and not p2.init
-    for (before, previous), (stage, config) in zip(stages[1:], stages[2:], strict=False):
+    (_, p4), (_, flash) = stages[-2:]
+    assert flash.task == "distill" and not flash.init
+    assert flash.distill.teacher == f"{p4.out}/export" and flash.cache == p4.cache
+    for (before, previous), (stage, config) in zip(stages[1:-2], stages[2:-1], strict=True):
         weights, _ = DEMO_CHAIN[stage.name]
         assert config.init == InitSpec(run=previous.out, step=before.until or previous.steps,
                                        weights=weights), stage.name
@@ -163,3 +166,14 @@ def test_recipe_until_names_a_stage(tiny, tmp_path, capsys):
         next(run_recipe(tiny / "recipe.yaml", out_root=tmp_path, until="c"))
     assert main(["train", "recipe", str(tiny / "recipe.yaml"), "--until", "c"]) == 2
     assert "--until 'c' is no stage of" in capsys.readouterr().err
+
+
+def test_a_distill_stage_names_an_earlier_export_as_its_teacher(tmp_path):
+    moved = stage_configs(load_recipe(DEMO), out_root=tmp_path / "elsewhere")
+    assert moved[-1][1].distill.teacher == str(tmp_path / "elsewhere" / "p4" / "export")
+    (tmp_path / "d.yaml").write_text("task: distill\nout: runs/x/d\n"
+                                     "distill: {teacher: runs/x/p/export}\n")
+    (tmp_path / "r.yaml").write_text("root: runs/x\nstages:\n  - {config: d.yaml}\n")
+    with pytest.raises(CineforgeError, match="distill.teacher runs/x/p/export is no earlier "
+                                             "stage's export"):
+        stage_configs(load_recipe(tmp_path / "r.yaml"))

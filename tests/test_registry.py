@@ -43,6 +43,8 @@ from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM
 from cineforge.families.wan.vae import WanVAEConfig
 from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS, WAN_VAE_FROM_OFFICIAL
 from cineforge.weights.keymap import KeyMap
+from cogvideox_oracles import write_registry_layout
+from k4_oracles import write_official_folder
 from oracles import official_vae_state_dict, perturb
 
 PAIRS = [(f.name, layout) for f in FAMILIES.values() for layout in f.layouts]
@@ -178,6 +180,10 @@ WRITERS: dict[tuple[str, str], Writer] = {
     ("kandinsky5-image", "cineforge"): _write_cineforge,
     ("kandinsky5-image", "diffusers"): _K5_IMAGE["diffusers"],
     ("kandinsky5-image", "official"): _K5_IMAGE["official"],
+    ("cogvideox", "cineforge"): _write_cineforge,
+    ("cogvideox", "diffusers"): write_registry_layout,
+    ("kandinsky4", "cineforge"): _write_cineforge,
+    ("kandinsky4", "official"): write_official_folder,
 }
 
 

@@ -23,8 +23,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
                                         if p.name != "recipe.yaml"))
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")
-    assert config.task == ("vae" if name.endswith("vae") else "dit")
-    model_config(config.model, config.task)  # the model config is valid too
+    assert config.task == ("vae" if name.endswith("vae") else
+                           "distill" if name.endswith("flash") else "dit")
+    model_config(config.model, "vae" if config.task == "vae" else "dit")  # valid too
 
 
 def test_yaml_then_dotted_overrides(tmp_path):
@@ -49,7 +50,9 @@ def test_yaml_then_dotted_overrides(tmp_path):
         ("flow.packing=3", "config key 'flow.packing' must be bool"),
         ("optim.schedule=linear", "optim.schedule must be 'cosine' or 'constant'"),
         ("optim.betas=[0.9]", "config key 'optim.betas' must be"),
-        ("task=gan", "task must be one of ('vae', 'dit')"),
+        ("task=gan", "task must be one of ('vae', 'dit', 'distill')"),
+        ("distill.loss=wgan", "distill.loss must be one of ('hinge', 'lsgan')"),
+        ("distill.disc_layers=[1, 1]", "distill.disc_layers must list distinct block indices"),
         ("steps", "is not of the form key=value"),
         ("data.frames=16", "data.frames must be 4k+1"),
         ("data.layout=middle", "data.layout must be one of ('free', 'centred')"),

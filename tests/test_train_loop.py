@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,68 +16,17 @@ from cineforge.errors import CineforgeError
 from cineforge.families.family import load_model
 from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiTConfig
-from cineforge.families.wan.vae import WanVAE, WanVAEConfig
-from cineforge.models.text_encoders import TextStates
+from cineforge.families.wan.vae import WanVAEConfig
 from cineforge.train.checkpoint import load_checkpoint
-from cineforge.train.config import ModelSpec, load_config
+from cineforge.train.config import load_config
 from cineforge.train.data import shapes_world
 from cineforge.train.dit_task import VAL_TIMES, latent_detail_weights
 from cineforge.train.export import save_weights
 from cineforge.train.loop import Trainer
-from cineforge.train.models import build_model, load_vae
+from cineforge.train.models import load_vae
 from cineforge.train.run import build_task, export_run, train
-from cineforge.weights.files import read_model_config, write_model_config
-from train_runs import run_until
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ModelSpec("wan2.1-t2v-tiny")  # the tiny configs' preset
-
-
-class FakeText:
-    """Stand-in for MiniLM (no model load): a fixed random 384-d vector per word, between a
-    start and an end token; zero-padded to 32 tokens."""
-
-    dim, max_length = 384, 32
-
-    def encode(self, prompts: list[str]) -> TextStates:
-        states = torch.zeros(len(prompts), self.max_length, self.dim)
-        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
-        for i, prompt in enumerate(prompts):
-            words = ["<s>", *prompt.split(), "</s>"]
-            for j, word in enumerate(words):
-                g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
-                states[i, j] = torch.randn(self.dim, generator=g)
-            mask[i, : len(words)] = True
-        return TextStates(states, mask)
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    """An 'exported' tiny VAE (random weights, identity latent statistics)."""
-    folder = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    vae = build_model(TINY, "vae")
-    assert isinstance(vae, WanVAE)
-    save_weights(vae, folder / "vae.safetensors")
-    write_model_config(vae.config, folder / "vae.json")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def cache_dir(vae_dir, tmp_path_factory):
-    config = load_config(CONFIGS / "tiny_dit.yaml")
-    folder = tmp_path_factory.mktemp("latents")
-    build_latent_cache(folder, shapes_world(config.data, "cache"), config.cache.items,
-                       encode_video=load_vae(TINY, vae_dir).encode, encode_text=FakeText().encode,
-                       meta={"latent_channels": 16, "text_dim": 384, "text_len": 32},
-                       shard_size=config.cache.shard_size)
-    return folder
-
-
-def dit_run_config(out, vae_dir, cache_dir, *overrides):
-    return load_config(CONFIGS / "tiny_dit.yaml", [
-        f"out={out}", f"cache.vae={vae_dir}", f"cache.dir={cache_dir}", "cache.build=false",
-        *overrides])
+from cineforge.weights.files import read_model_config
+from train_runs import CONFIGS, TINY, FakeText, dit_run_config, run_until
 
 
 def vae_run_config(out, *overrides):

@@ -84,7 +84,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument("--shift", type=float, help="flow-matching timestep shift")
-    p.add_argument("--solver", choices=("unipc", "euler"), help="sampler")
+    p.add_argument("--solver", choices=("unipc", "euler", "flash", "ddim", "dpm"),
+                   help="sampler (default: the preset's; flash: re-noising, for few-step "
+                   "distilled models; ddim, dpm: CogVideoX's)")
     add_frame_noise_argument(p)
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same video)")

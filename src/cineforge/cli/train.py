@@ -2,6 +2,7 @@
 
     cineforge train vae --config configs/demo/vae.yaml [--set optim.lr=3e-4 ...] [--out DIR]
     cineforge train dit --config configs/demo/p2.yaml      (builds the latent cache first)
+    cineforge train distill --config configs/demo/flash.yaml  (few-step student, LADD)
     cineforge train cache --config configs/demo/p2.yaml    (only the latent cache)
     cineforge train export --run runs/demo/p2 [--out DIR] [--checkpoint FILE] [--raw]
     cineforge train recipe configs/demo/recipe.yaml [--out-root DIR] [--until STAGE]
@@ -22,6 +23,7 @@ from cineforge.errors import CineforgeError
 _RUNS = {
     "vae": "train the video VAE on ShapesWorld clips and images",
     "dit": "train the DiT by flow matching on a latent cache (built first if needed)",
+    "distill": "distil a DiT into a few-step student (adversarial, LADD) on a latent cache",
     "cache": "build (or complete) the latent cache of a DiT config, then stop",
 }
 

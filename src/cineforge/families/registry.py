@@ -6,12 +6,14 @@ Generation, training, export and evaluation resolve models here and nowhere else
 from __future__ import annotations
 
 from cineforge.errors import CineforgeError
-from cineforge.families import demo, kandinsky5, wan
+from cineforge.families import cogvideox, demo, kandinsky4, kandinsky5, wan
 from cineforge.families.family import Family, Preset
 
-PRESETS: dict[str, Preset] = {p.name: p for m in (demo, wan, kandinsky5) for p in m.PRESETS}
+PRESETS: dict[str, Preset] = {p.name: p for m in (demo, wan, kandinsky5, kandinsky4, cogvideox)
+                              for p in m.PRESETS}
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    demo.DEMO_FAMILY, wan.WAN21, kandinsky5.KANDINSKY5, kandinsky5.KANDINSKY5_IMAGE)}
+    demo.DEMO_FAMILY, wan.WAN21, kandinsky5.KANDINSKY5, kandinsky5.KANDINSKY5_IMAGE,
+    kandinsky4.KANDINSKY4, cogvideox.COGVIDEOX)}
 
 
 def get_preset(name: str) -> Preset:

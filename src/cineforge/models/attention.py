@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cineforge.models.local_global import LocalGlobalAttention
 from cineforge.models.nabla import NablaAttention
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -28,6 +29,8 @@ def sdpa_attention(
 _BACKENDS: dict[str, AttentionFn] = {
     "sdpa": sdpa_attention,
     "nabla": NablaAttention(),  # block-sparse for calls whose mask is a NablaGrid; see nabla.py
+    # grouped for calls whose mask is an AttentionGroups (1 x 2 x 2 groups); see local_global.py
+    "local_global": LocalGlobalAttention(),
 }
 
 

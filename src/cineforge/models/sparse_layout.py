@@ -12,7 +12,8 @@ self-attention mask, and moves the tokens back to raster order before the head:
     tokens = layout.to_raster(tokens)
 
 The raster layout is the identity (the same tensors, mask None), so dense backends run exactly
-as before.
+as before. A local/global backend (``LocalGlobalAttention``) keeps raster order and gives the
+blocks masks in turn, ``layout.mask_of(i)``: local for even blocks, global for odd ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cineforge.models.local_global import AttentionGroups, grouped_masks
 from cineforge.models.nabla import NablaAttention, NablaGrid, tile_order
 
 Triple = tuple[int, int, int]
@@ -39,6 +41,13 @@ class SelfAttentionLayout:
     order: torch.Tensor | None = None
     inverse: torch.Tensor | None = None
     mask: NablaGrid | None = None
+    block_masks: tuple[AttentionGroups, ...] = ()  # taken in turn by the blocks, if any
+
+    def mask_of(self, block: int) -> NablaGrid | AttentionGroups | None:
+        """The self-attention mask of block number ``block``."""
+        if self.block_masks:
+            return self.block_masks[block % len(self.block_masks)]
+        return self.mask
 
     def to_attention(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Raster -> attention order along ``dim`` (1 for B, L, D tokens; 0 for a RoPE table)."""
@@ -57,7 +66,7 @@ def self_attention_layout(
     Raises the ``CineforgeError`` of ``tile_order`` when a NABLA grid is not a multiple of
     the backend's tile."""
     if not uses_tile_order(backend):
-        return SelfAttentionLayout()
+        return SelfAttentionLayout(block_masks=grouped_masks(backend, [grid]))
     order = tile_order(*grid, backend.tile)
     return SelfAttentionLayout(
         order=order.to(device), inverse=torch.argsort(order).to(device), mask=NablaGrid(*grid)

@@ -22,11 +22,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
-from cineforge.sampling import SolverStep, Velocity, get_solver, guided_velocity, initial_noise
+from cineforge.sampling import (
+    SolverStep,
+    Velocity,
+    get_solver,
+    guided_velocity,
+    initial_noise,
+    solver_steps,
+)
 from cineforge.sampling.caching import CACHES, MagnitudeLog, make_cache
 from cineforge.sampling.guidance import batchable
 from cineforge.weights.offload import Resident
@@ -278,6 +286,14 @@ class FlowPipeline:
         return initial_noise(self.latent_shape(r, batch), generator,
                              frame_share=r.frame_noise_share)
 
+    def fresh_noise(self, r: VideoRequest) -> Callable[[tuple[int, ...]], torch.Tensor]:
+        """``noise(shape)``: fresh draws for solvers that re-noise every step (``flash``), from
+        their own generator seeded by ``r.seed`` (independent of the initial noise), with the
+        request's frame noise share."""
+        state = np.random.SeedSequence([r.seed % 2**64, 1]).generate_state(2, np.uint32)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return lambda shape: initial_noise(shape, generator, frame_share=r.frame_noise_share)
+
     def schedule(self, steps: int, shift: float, solver: str) -> tuple[torch.Tensor, ...]:
         """``(sigmas, times)`` the solver walks (its own schedule by default)."""
         return get_solver(solver).schedule(steps, shift)
@@ -296,13 +312,15 @@ class FlowPipeline:
         skip: int = 0,
         guidance_until: float = 1.0,
         cache: Callable[[Velocity], Velocity] | None = None,
+        fresh_noise: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
     ) -> Iterator[SolverStep]:
         """Yield every solver step from ``noise`` (float32 latents) to the clean latents;
         the DiT sees ``dit(x, t, **cond)`` (and ``**uncond`` under guidance: in one batch when
         their shapes allow). ``skip``: start after that many steps of the schedule, from
         ``noise`` at its sigma there. ``guidance_until``: share of the steps run (the first
         ones) with guidance, the others call the DiT with ``cond`` only. ``cache``: wraps the
-        guided velocity (``sampling.caching.make_cache``)."""
+        guided velocity (``sampling.caching.make_cache``). ``fresh_noise``: draws for solvers
+        that re-noise every step (``self.fresh_noise``)."""
         chosen = get_solver(solver)
         sigmas, times = self.schedule(steps, shift, solver)
         sigmas, times = sigmas[skip:], times[skip:]
@@ -322,7 +340,8 @@ class FlowPipeline:
                                        batched=batchable(cond, uncond), until=until)
             if cache is not None:
                 velocity = cache(velocity)
-            yield from chosen.steps(velocity, noise.to(device), sigmas.to(device), times.to(device))
+            yield from solver_steps(chosen, velocity, noise.to(device), sigmas.to(device),
+                                    times.to(device), noise=fresh_noise)
 
     def __call__(
         self,
@@ -354,6 +373,7 @@ class FlowPipeline:
             cond, uncond, latents, steps=r.steps, guidance=r.guidance, shift=r.shift,
             solver=r.solver, skip=skip, guidance_until=r.guidance_until,
             cache=make_cache(r.cache, r.cache_threshold, r.cache_magnitudes),
+            fresh_noise=self.fresh_noise(r),
         )
         for step in steps:
             latents = step.x
@@ -385,7 +405,8 @@ class FlowPipeline:
         cond, uncond = self.conditions([r.prompt], r)
         for _ in self.sample(cond, uncond, self.initial_latents(r, 1), steps=r.steps,
                              guidance=r.guidance, shift=r.shift, solver=r.solver,
-                             guidance_until=r.guidance_until, cache=record):
+                             guidance_until=r.guidance_until, cache=record,
+                             fresh_noise=self.fresh_noise(r)):
             pass
         return tuple((round(t, 5), round(m, 5)) for t, m in logs[0].records)
 

@@ -10,16 +10,24 @@ Typical use (t in [0, 1], 1 = noise; velocity receives a float32 ``(B,)`` tensor
 """
 
 from cineforge.sampling.guidance import classifier_free_guidance, guided_velocity
-from cineforge.sampling.schedules import euler_schedule, flow_sigmas, shift_time, unipc_schedule
+from cineforge.sampling.schedules import (
+    euler_schedule,
+    flash_schedule,
+    flow_sigmas,
+    shift_time,
+    unipc_schedule,
+)
 from cineforge.sampling.solvers import (
     Solver,
     SolverStep,
     Velocity,
     euler_steps,
+    flash_steps,
     frame_noise,
     get_solver,
     initial_noise,
     sample,
+    solver_steps,
     unipc_steps,
 )
 
@@ -30,6 +38,8 @@ __all__ = [
     "classifier_free_guidance",
     "euler_schedule",
     "euler_steps",
+    "flash_schedule",
+    "flash_steps",
     "flow_sigmas",
     "frame_noise",
     "get_solver",
@@ -37,6 +47,7 @@ __all__ = [
     "initial_noise",
     "sample",
     "shift_time",
+    "solver_steps",
     "unipc_schedule",
     "unipc_steps",
 ]

@@ -17,17 +17,19 @@ import torch
 from torch import Tensor
 
 from cineforge.errors import CineforgeError
-from cineforge.sampling.schedules import euler_schedule, unipc_schedule
+from cineforge.sampling.schedules import euler_schedule, flash_schedule, unipc_schedule
 
 __all__ = [
     "Solver",
     "SolverStep",
     "Velocity",
     "euler_steps",
+    "flash_steps",
     "get_solver",
     "frame_noise",
     "initial_noise",
     "sample",
+    "solver_steps",
     "unipc_steps",
 ]
 
@@ -122,6 +124,29 @@ def euler_steps(
         yield SolverStep(i, total, float(sigmas[i]), float(sigmas[i + 1]), x, x0)
 
 
+def flash_steps(
+    velocity: Velocity, x: Tensor, sigmas: Tensor, times: Tensor | None = None, *,
+    noise: Callable[[tuple[int, ...]], Tensor] | None = None,
+) -> Iterator[SolverStep]:
+    """Re-noising few-step sampling (Kandinsky 4.0 Flash, in flow time): each step predicts
+    ``x0 = x_t - t * v(x_t, t)`` and moves to the next time with fresh noise,
+    ``x = (1 - t_next) x0 + t_next * noise(x.shape)``, instead of keeping the first draw; the
+    last step returns ``x0``. Distilled models are trained on exactly this (``train.distill``).
+    ``noise(shape)`` gives a fresh float32 draw (the pipeline draws it from the request's seed,
+    so runs reproduce)."""
+    if noise is None:
+        raise CineforgeError("the flash solver re-noises every step and needs noise=, a "
+                             "callable giving fresh noise of a given shape")
+    sigmas, times = _schedule(sigmas, times)
+    total = len(times)
+    for i in range(total):
+        v = _velocity_at(velocity, x, times[i])
+        x0 = x - sigmas[i] * v
+        t_next = sigmas[i + 1]
+        x = x0 if t_next == 0 else (1 - t_next) * x0 + t_next * noise(tuple(x0.shape)).to(x0)
+        yield SolverStep(i, total, float(sigmas[i]), float(t_next), x, x0)
+
+
 def _log_snr(sigmas: Tensor) -> Tensor:
     """lambda = log(alpha / sigma) with alpha = 1 - sigma; +inf at sigma = 0."""
     return torch.log(1 - sigmas) - torch.log(sigmas)
@@ -193,16 +218,18 @@ class Solver:
     name: str
     steps: Callable[..., Iterator[SolverStep]]
     schedule: Callable[..., tuple[Tensor, Tensor]]
+    fresh_noise: bool = False  # ``steps`` takes ``noise=``, a callable giving fresh draws
 
 
 _SOLVERS = {
     "euler": Solver("euler", euler_steps, euler_schedule),
     "unipc": Solver("unipc", unipc_steps, unipc_schedule),
+    "flash": Solver("flash", flash_steps, flash_schedule, fresh_noise=True),
 }
 
 
 def get_solver(name: str) -> Solver:
-    """The solver registered as ``name`` ("euler", "unipc")."""
+    """The solver registered as ``name`` ("euler", "unipc", "flash")."""
     if name not in _SOLVERS:
         raise CineforgeError(
             f"unknown solver {name!r}; choose one of {', '.join(sorted(_SOLVERS))}"
@@ -217,8 +244,20 @@ def sample(
     times: Tensor | None = None,
     *,
     solver: str = "euler",
+    noise: Callable[[tuple[int, ...]], Tensor] | None = None,
 ) -> Tensor:
-    """Run ``solver`` from ``x`` (the state at ``sigmas[0]``) to the end; return the last state."""
-    for step in get_solver(solver).steps(velocity, x, sigmas, times):
+    """Run ``solver`` from ``x`` (the state at ``sigmas[0]``) to the end; return the last state.
+    ``noise``: fresh draws for solvers that re-noise (``Solver.fresh_noise``)."""
+    for step in solver_steps(get_solver(solver), velocity, x, sigmas, times, noise=noise):
         x = step.x
     return x
+
+
+def solver_steps(
+    solver: Solver, velocity: Velocity, x: Tensor, sigmas: Tensor, times: Tensor | None = None,
+    *, noise: Callable[[tuple[int, ...]], Tensor] | None = None,
+) -> Iterator[SolverStep]:
+    """``solver.steps`` with ``noise`` passed to the solvers that re-noise."""
+    if solver.fresh_noise:
+        return solver.steps(velocity, x, sigmas, times, noise=noise)
+    return solver.steps(velocity, x, sigmas, times)

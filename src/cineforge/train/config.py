@@ -34,7 +34,7 @@ from cineforge.data.shapes import (
 )
 from cineforge.errors import CineforgeError
 
-TASKS = ("vae", "dit")
+TASKS = ("vae", "dit", "distill")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -204,6 +204,51 @@ class FlowObjective:
                  "flow.detail_weight must be >= 0 and flow.detail_threshold > 0")
 
 
+DISTILL_LOSSES = ("hinge", "lsgan")
+
+
+@dataclass(frozen=True)
+class DistillObjective:
+    """Adversarial few-step distillation (``train.distill``, LADD): the student learns the
+    ``steps`` times of ``sampling.flash_schedule(steps, shift)``; the discriminator reads the
+    frozen teacher at blocks ``disc_layers`` through heads of ``disc_heads`` attention heads
+    (trained at ``head_lr_scale`` times the learning rate), at times logit-normal
+    (``disc_mean``, ``disc_std``); ``loss`` hinge or lsgan, weighted by
+    ``adversarial_weight``, plus ``distill_weight`` times the squared distance to the
+    teacher's clean estimate guided by ``teacher_guidance``. ``teacher``: a weights folder
+    (cineforge layout); empty: the preset's own weights (``model.preset``)."""
+
+    teacher: str = ""
+    steps: int = 4
+    shift: float = 3.0
+    disc_layers: tuple[int, ...] = (1, 3, 5, 7)
+    disc_heads: int = 4
+    head_lr_scale: float = 1.0
+    disc_mean: float = 1.0
+    disc_std: float = 1.0
+    loss: str = "hinge"
+    adversarial_weight: float = 1.0
+    distill_weight: float = 1.0
+    teacher_guidance: float = 6.0
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.steps <= 16 and self.shift > 0,
+                 f"distill.steps must be in 1..16 and distill.shift > 0, got {self.steps}, "
+                 f"{self.shift}")
+        _require(len(self.disc_layers) >= 1 and min(self.disc_layers) >= 0
+                 and len(set(self.disc_layers)) == len(self.disc_layers),
+                 f"distill.disc_layers must list distinct block indices, got {self.disc_layers}")
+        _require(self.disc_heads >= 1 and self.disc_std > 0 and self.head_lr_scale > 0,
+                 "distill.disc_heads must be >= 1, distill.disc_std and head_lr_scale > 0")
+        _require(self.loss in DISTILL_LOSSES,
+                 f"distill.loss must be one of {DISTILL_LOSSES}, got {self.loss!r}")
+        _require(self.adversarial_weight >= 0 and self.distill_weight >= 0
+                 and self.adversarial_weight + self.distill_weight > 0,
+                 "distill.adversarial_weight and distill.distill_weight must be >= 0, not both 0")
+        _require(self.teacher_guidance >= 1,
+                 f"distill.teacher_guidance must be >= 1, got {self.teacher_guidance}")
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """The DiT's latent cache: ``items`` ShapesWorld items encoded by the VAE in ``vae`` (a
@@ -289,6 +334,7 @@ class TrainConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     vae: VAEObjective = field(default_factory=VAEObjective)
     flow: FlowObjective = field(default_factory=FlowObjective)
+    distill: DistillObjective = field(default_factory=DistillObjective)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -301,7 +347,7 @@ class TrainConfig:
                  f"vae.clip_frames {self.vae.clip_frames} exceeds data.frames {self.data.frames}")
         _require(self.vae.crop <= min(self.data.height, self.data.width),
                  f"vae.crop {self.vae.crop} exceeds the frame size")
-        _require(self.task == "dit" or self.data.source == "shapes",
+        _require(self.task != "vae" or self.data.source == "shapes",
                  "data.source: shards holds latents for a DiT run; a VAE trains on pixels "
                  "(data.source: shapes)")
 

@@ -20,14 +20,23 @@ from cineforge.train.config import OptimConfig
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and conv kernels (ndim >= 2), not on biases, norm
-    gains or other vectors."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    gains or other vectors. A model may declare ``lr_scales`` ({submodule name: factor}): the
+    parameters under that submodule train at ``factor`` times the learning rate (e.g. a
+    distillation's fresh discriminator heads beside a pretrained student)."""
+    scales: dict[str, float] = getattr(model, "lr_scales", {})
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = next((f for prefix, f in scales.items()
+                      if name == prefix or name.startswith(prefix + ".")), 1.0)
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=config.lr, betas=config.betas, eps=config.eps
+        [{"params": params, "lr": config.lr * scale,
+          "weight_decay": config.weight_decay if decayed else 0.0}
+         for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0] != 1,
+                                                                                 not kv[0][1]))],
+        lr=config.lr, betas=config.betas, eps=config.eps,
     )
 
 

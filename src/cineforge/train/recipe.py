@@ -8,16 +8,17 @@
 
 A stage is an ordinary training config (its path relative to the recipe's folder; `cineforge
 train dit --config` runs it alone too) whose ``init`` names the run folder of the stage it
-starts from. ``until`` stops a stage at that step because the next stage starts there: the
-stage keeps its own schedule (``steps``, e.g. a cosine over 4000 steps left at 2000), and no
+starts from (a distillation stage names an earlier stage's export as ``distill.teacher``).
+``until`` stops a stage at that step because the next stage starts there: the stage keeps
+its own schedule (``steps``, e.g. a cosine over 4000 steps left at 2000), and no
 step that nobody uses is trained.
 
 ``run_recipe`` trains the stages in order through ``train.run.train``, so running it again
 resumes: a finished stage does nothing, an interrupted one continues from its newest
 checkpoint. Each stage exports its EMA weights at the step it stops at; the last stage's
 export (DiT plus the VAE beside it) is the recipe's product. ``out_root`` moves every path
-under ``root`` (``out``, ``init.run``, ``init.file``, ``cache.dir``, ``cache.vae``) under
-another folder.
+under ``root`` (``out``, ``init.run``, ``init.file``, ``cache.dir``, ``cache.vae``,
+``distill.teacher``) under another folder.
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def stage_configs(recipe: Recipe, out_root: str | Path | None = None
             if (init.step or have) > have:
                 raise CineforgeError(f"stage {stage.name}: init.step {init.step} is past step "
                                      f"{have}, where the recipe stops {init.run}")
+        teacher = config.distill.teacher if config.task == "distill" else ""
+        if teacher and PurePath(teacher).is_relative_to(root):
+            runs = {run / "export" for run in reached}
+            if PurePath(teacher) not in runs:
+                raise CineforgeError(f"stage {stage.name}: distill.teacher {teacher} is no "
+                                     f"earlier stage's export ({', '.join(map(str, runs))})")
         reached[PurePath(config.out)] = stop_step(config, stage.until)
         out.append((stage, config))
     return out
@@ -120,7 +127,8 @@ def _moved(config: TrainConfig, root: PurePath, new_root: PurePath) -> TrainConf
     return dataclasses.replace(
         config, out=move(config.out),
         init=dataclasses.replace(init, run=move(init.run), file=move(init.file)),
-        cache=dataclasses.replace(cache, dir=move(cache.dir), vae=move(cache.vae)))
+        cache=dataclasses.replace(cache, dir=move(cache.dir), vae=move(cache.vae)),
+        distill=dataclasses.replace(config.distill, teacher=move(config.distill.teacher)))
 
 
 def run_recipe(path: str | Path, *, out_root: str | Path | None = None,

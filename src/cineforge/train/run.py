@@ -84,6 +84,10 @@ def build_task(config: TrainConfig, *, progress: bool = False) -> Task:
         from cineforge.train.vae_task import VAETask
 
         return VAETask(config)
+    if config.task == "distill":
+        from cineforge.train.distill import DistillTask
+
+        return DistillTask(config, ensure_cache(config, progress=progress))
     from cineforge.train.dit_task import DiTTask
 
     return DiTTask(config, ensure_cache(config, progress=progress))
@@ -215,9 +219,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     folder = writable_folder(out or run_dir / "export", "export folder")
     state = load_checkpoint(path)
     state, which = (state["model"], "raw") if raw else (state["ema"]["model"], "EMA")
-    with torch.device("meta"):
-        model = build_model(config.model, config.task)
-    load_strict(model, state, dtype=torch.float32, what=f"{which} weights in {path}")
+    what = f"{which} weights in {path}"
+    if config.task == "distill":
+        from cineforge.train.distill import load_student
+
+        model = load_student(config, state, what=what)
+    else:
+        with torch.device("meta"):
+            model = build_model(config.model, config.task)
+        load_strict(model, state, dtype=torch.float32, what=what)
     if config.task == "vae":
         from cineforge.train.vae_task import export_vae
 

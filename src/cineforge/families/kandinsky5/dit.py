@@ -35,7 +35,8 @@ every token takes part (diffusers' behaviour).
 
 With the ``"nabla"`` backend the video tokens run through the visual blocks in NABLA's tile
 order (RoPE permuted with them) and visual self-attention gets the token grid; cross-attention
-and the text blocks always use dense SDPA.
+and the text blocks always use dense SDPA. With ``"local_global"`` visual self-attention is local
+in even visual blocks and global in odd ones (``models.local_global``).
 
 Module names equal the release's (``kandinsky/models/dit.py``, ``nn.py``) and diffusers'
 ``Kandinsky5Transformer3DModel``, so both load through identity key maps.
@@ -56,6 +57,7 @@ from torch import nn
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import AttentionFn, get_attention_backend
 from cineforge.models.layers import FP32LayerNorm, FP32RMSNorm, gated_residual, modulate
+from cineforge.models.local_global import AttentionGroups, grouped_masks
 from cineforge.models.nabla import NablaAttention, NablaGrid, tile_order
 from cineforge.models.rope import apply_rope
 
@@ -314,7 +316,7 @@ class VisualBlock(nn.Module):
         e: torch.Tensor,
         cis: torch.Tensor,
         text_mask: torch.Tensor | None,
-        self_mask: NablaGrid | None = None,
+        self_mask: NablaGrid | AttentionGroups | None = None,
     ) -> torch.Tensor:
         (shift1, scale1, gate1, shift2, scale2, gate2,
          shift3, scale3, gate3) = self.visual_modulation(e)
@@ -353,7 +355,7 @@ class Kandinsky5DiT(nn.Module):
         self.text_transformer_blocks = nn.ModuleList(
             TextBlock(c) for _ in range(c.num_text_blocks)
         )
-        attention = get_attention_backend(c.attention)
+        self.attention_backend = attention = get_attention_backend(c.attention)
         self.nabla_tile = attention.tile if isinstance(attention, NablaAttention) else None
         self.visual_transformer_blocks = nn.ModuleList(
             VisualBlock(c, attention) for _ in range(c.num_visual_blocks)
@@ -398,13 +400,13 @@ class Kandinsky5DiT(nn.Module):
 
         scale = c.rope_scale if rope_scale is None else rope_scale
         cis = rope_cis_grid(grid, c.axes_dims, scale, c.rope_theta, x.device)
-        grid_mask = None
+        grid_masks = grouped_masks(self.attention_backend, [grid]) or (None,)  # local, global
         if self.nabla_tile is not None:  # NABLA: tokens in tile order; the grid opts in
             order = tile_order(*grid, self.nabla_tile).to(x.device)
-            tokens, cis, grid_mask = tokens[:, order], cis[order], NablaGrid(*grid)
-        for block in self.visual_transformer_blocks:
-            tokens = block(tokens, text, e, cis, mask, grid_mask)
-        if grid_mask is not None:
+            tokens, cis, grid_masks = tokens[:, order], cis[order], (NablaGrid(*grid),)
+        for i, block in enumerate(self.visual_transformer_blocks):
+            tokens = block(tokens, text, e, cis, mask, grid_masks[i % len(grid_masks)])
+        if self.nabla_tile is not None:
             tokens = tokens[:, torch.argsort(order)]
         with torch.autocast(x.device.type, enabled=False):
             out = self.out_layer(tokens, e)

@@ -25,6 +25,8 @@ item's time, so it equals ``forward`` on each item alone.
 
 With a NABLA backend, ``forward`` runs the blocks in tile order (``models.sparse_layout``): only
 self-attention is block-sparse, cross-attention is dense SDPA; ``forward_packed`` refuses NABLA.
+With the local/global backend (``models.local_global``) self-attention is local in even blocks
+and global in odd ones, in ``forward`` and, item by item, in ``forward_packed``.
 
 ``extra_terms`` is the one hook for models built on this one (the demo family adds learned
 positions and a pooled caption through it); Wan itself adds nothing.
@@ -58,10 +60,15 @@ from cineforge.models.layers import (
     modulate,
     timestep_sinusoid,
 )
+from cineforge.models.local_global import AttentionGroups, grouped_masks
 from cineforge.models.nabla import NablaGrid
 from cineforge.models.packing import block_diagonal_mask, check_pack, packed_rope_cis, segment_ids
 from cineforge.models.rope import apply_rope, rope_cis_3d, wan_rope_axis_dims
-from cineforge.models.sparse_layout import self_attention_layout, uses_tile_order
+from cineforge.models.sparse_layout import (
+    SelfAttentionLayout,
+    self_attention_layout,
+    uses_tile_order,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +126,8 @@ WAN_DIT_TINY = WanDiTConfig(
 
 class WanAttention(nn.Module):
     """Multi-head attention with q/k RMSNorm across heads; RoPE when ``cis`` is given;
-    ``mask`` (boolean, True = attend, or a ``NablaGrid``) goes to the backend as is."""
+    ``mask`` (boolean, True = attend, a ``NablaGrid`` or ``AttentionGroups``) goes to the
+    backend as is."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, attention: AttentionFn):
         super().__init__()
@@ -137,7 +145,7 @@ class WanAttention(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor,
         cis: torch.Tensor | None = None,
-        mask: torch.Tensor | NablaGrid | None = None,
+        mask: torch.Tensor | NablaGrid | AttentionGroups | None = None,
     ) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # B, L, H, D
@@ -171,7 +179,7 @@ class WanBlock(nn.Module):
         e0: torch.Tensor,
         context: torch.Tensor,
         cis: torch.Tensor,
-        mask: torch.Tensor | NablaGrid | None = None,
+        mask: torch.Tensor | NablaGrid | AttentionGroups | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: B, L, dim; e0: B, 1, 6, dim or B, L, 6, dim (fp32); masks: B|1, 1, L, L|M."""
@@ -195,6 +203,16 @@ class WanHead(nn.Module):
         """x: B, L, dim; e: B, 1, dim or B, L, dim (fp32)."""
         shift, scale = (self.modulation.float() + e.unsqueeze(2)).unbind(2)
         return self.head(modulate(self.norm(x), shift, scale))
+
+
+@dataclass(frozen=True)
+class _BlockInputs:
+    grid: tuple[int, int, int]
+    layout: SelfAttentionLayout  # token order and self-attention mask
+    context: torch.Tensor
+    e: torch.Tensor
+    e0: torch.Tensor
+    cis: torch.Tensor
 
 
 class WanDiT(nn.Module):
@@ -224,6 +242,44 @@ class WanDiT(nn.Module):
 
         Returns the velocity, B, C_out, T, H, W, in x's dtype.
         """
+        tokens, s = self._enter(x, t, context)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, s.e0[:, None], s.context, s.cis, s.layout.mask_of(i))
+        tokens = s.layout.to_raster(tokens)
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.head(tokens, s.e[:, None])
+        return self.unpatchify(out, s.grid).to(x.dtype)
+
+    def hidden_states(
+        self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
+        layers: tuple[int, ...], *, velocity: bool = False,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The token states after each block in ``layers`` (0-based; B, L, dim in raster
+        order), the time embedding ``e`` (B, dim, fp32), the embedded text (B, M, dim) and,
+        with ``velocity``, ``forward``'s output from the same pass (else None, and only the
+        blocks up to the deepest one asked for run): a trunk for discriminator heads
+        (``train.distill``)."""
+        if not layers or min(layers) < 0 or max(layers) >= len(self.blocks):
+            raise CineforgeError(f"layers {layers} must be block indices in "
+                                 f"0..{len(self.blocks) - 1}")
+        tokens, s = self._enter(x, t, context)
+        states = {}
+        for i, block in enumerate(self.blocks if velocity else self.blocks[: max(layers) + 1]):
+            tokens = block(tokens, s.e0[:, None], s.context, s.cis, s.layout.mask)
+            if i in layers:
+                states[i] = s.layout.to_raster(tokens)
+        out = self._exit(tokens, s, x) if velocity else None
+        return [states[i] for i in layers], s.e, s.context, out
+
+    def _exit(self, tokens: torch.Tensor, s: _BlockInputs, x: torch.Tensor) -> torch.Tensor:
+        """The head on the last block's tokens: the velocity in ``x``'s shape and dtype."""
+        tokens = s.layout.to_raster(tokens)
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.head(tokens, s.e[:, None])
+        return self.unpatchify(out, s.grid).to(x.dtype)
+
+    def _enter(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor):
+        """Patch tokens (in the attention backend's order) and what every block needs."""
         c = self.config
         t = torch.as_tensor(t, device=x.device)
         grid = self._check_inputs(x, t, context)
@@ -235,14 +291,8 @@ class WanDiT(nn.Module):
         context = self.text_embedding(context.to(dtype))
         e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), time_term)
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
-
         tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
-        for block in self.blocks:
-            tokens = block(tokens, e0[:, None], context, cis, layout.mask)
-        tokens = layout.to_raster(tokens)
-        with torch.autocast(x.device.type, enabled=False):
-            out = self.head(tokens, e[:, None])
-        return self.unpatchify(out, grid).to(x.dtype)
+        return tokens, _BlockInputs(grid, layout, context, e, e0, cis)
 
     def forward_packed(
         self, latents: list[torch.Tensor], t: torch.Tensor, contexts: list[torch.Tensor]
@@ -276,11 +326,12 @@ class WanDiT(nn.Module):
         item = segment_ids(lengths, device)
         e, e0 = e[item][None], e0[item][None]  # per token: 1, L, dim and 1, L, 6, dim
         cis = packed_rope_cis(grids, wan_rope_axis_dims(c.head_dim), c.rope_theta, device)
-        mask = block_diagonal_mask(lengths, lengths, device)
+        masks = grouped_masks(self.attention_backend, grids) or (  # local/global: per item
+            block_diagonal_mask(lengths, lengths, device),)
         context_mask = block_diagonal_mask(lengths, [len(ctx) for ctx in contexts], device)
 
-        for block in self.blocks:
-            tokens = block(tokens, e0, context, cis, mask, context_mask)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, e0, context, cis, masks[i % len(masks)], context_mask)
         with torch.autocast(device.type, enabled=False):
             out = self.head(tokens, e)
         return [self.unpatchify(o, g)[0].to(x.dtype)

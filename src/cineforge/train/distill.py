@@ -1,0 +1,320 @@
+"""Latent adversarial diffusion distillation (LADD, Sauer et al. 2024; what Kandinsky 4.0 Flash
+was trained with): a few-step student from a flow-matching teacher, on cached latents.
+
+The student starts as a copy of the teacher and learns to give a clean sample in one call at
+each of the ``distill.steps`` times of ``sampling.flash_schedule``, which the ``flash``
+solver walks (re-noising between steps). For clean latents ``x0`` of the cache::
+
+    s       one of the student's times, per item          x_s = (1 - s) x0 + s n
+    x0_hat  = x_s - s * student(x_s, s, text)               (no guidance: one call per step)
+    t       a discriminator time, logit-normal(disc_mean, disc_std), per item
+    real    = (1 - t) x0     + t n'                         fake = (1 - t) x0_hat + t n'
+
+The discriminator is the frozen teacher's trunk (``WanDiT.hidden_states`` at the blocks
+``distill.disc_layers``, with its time embedding and embedded text) plus one small trainable
+head per block: half a transformer block (a shared norm modulated per stream from the time
+embedding, attention of the video tokens over video and text tokens, a gated residual) and a
+score per video token. Over heads and tokens, with ``hinge``
+
+    L_D = mean relu(1 - D(real)) + mean relu(1 + D(fake))   (fake detached: trains the heads)
+    L_G = -mean D(fake)                                       (heads frozen: trains the student)
+
+or with ``lsgan`` ``L_D = mean (D(real) - 1)^2 + mean D(fake)^2`` and ``L_G = mean (D(fake) -
+1)^2``; plus ADD's distillation term, the teacher's guided clean estimate of the fake,
+
+    L_KD = mean (x0_hat - x0_T)^2,    x0_T = fake - t * (v_u + w (v_c - v_u))   (no gradient)
+
+with ``w = distill.teacher_guidance`` and the empty prompt for ``v_u``. One backward pass of
+``L_D + adversarial_weight * L_G + distill_weight * L_KD`` trains student and heads together:
+each term reaches only its own side. The gradient of ``L_G`` flows through the frozen trunk
+into the student; the teacher's weights never change.
+
+Validation runs the EMA student at each of its times on the held-aside items with fixed
+noise: ``val_{kind}_x0@s`` is the mean squared error of its clean estimate. The export is the
+EMA student as a DiT weights folder (with the cache's VAE), loadable as the teacher's preset
+with the ``flash`` solver.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from cineforge.data.latents import CacheItem, LatentItems
+from cineforge.errors import CineforgeError
+from cineforge.families.family import load_model, weights_folder
+from cineforge.families.registry import get_preset
+from cineforge.models.layers import modulate
+from cineforge.sampling import flash_schedule, frame_noise
+from cineforge.train.config import TrainConfig
+from cineforge.train.dit_task import DiTTask, export_dit, latent_tokens
+from cineforge.train.flow import sample_times
+from cineforge.train.loop import StepLoss
+from cineforge.train.models import model_config as model_config_of
+
+_VAL_SEED = 3_141_592  # the validation noise's seed, offset from the run's seed
+
+
+class DiscriminatorHead(nn.Module):
+    """Half a transformer block and a per-token score, on a trunk's token states.
+
+    ``x`` (B, L, dim) video tokens, ``text`` (B, M, dim), ``e`` (B, dim) time embedding::
+
+        shift_v, scale_v, gate = Linear(SiLU(e)),  shift_t, scale_t = Linear(SiLU(e))
+        h_v = LN(x) (1 + scale_v) + shift_v,       h_t = LN(text) (1 + scale_t) + shift_t
+        x   = x + gate * Attn(q = h_v, kv = [h_v; h_t])
+        score = Linear(LN(x))                       B, L
+
+    The modulations start at zero (so the gate is closed and the first scores read the
+    trunk's tokens directly)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise CineforgeError(f"distill.disc_heads {num_heads} must divide the DiT's width "
+                                 f"{dim}")
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.video_modulation = nn.Linear(dim, 3 * dim)
+        self.text_modulation = nn.Linear(dim, 2 * dim)
+        for layer in (self.video_modulation, self.text_modulation):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        e = F.silu(e.to(x.dtype))[:, None]
+        shift_v, scale_v, gate = self.video_modulation(e).chunk(3, dim=-1)
+        shift_t, scale_t = self.text_modulation(e).chunk(2, dim=-1)
+        h_v = modulate(self.norm(x), shift_v, scale_v)
+        h_t = modulate(self.norm(text), shift_t, scale_t)
+        q = self._heads(self.query(h_v))
+        k, v = (self._heads(part) for part in
+                self.key_value(torch.cat([h_v, h_t], dim=1)).chunk(2, dim=-1))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + gate * self.out(attended)
+        return self.score(self.norm(x))[..., 0]
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+
+class LADD(nn.Module):
+    """What a distillation run trains: the ``student`` and the discriminator ``heads``; the
+    ``teacher`` (also the discriminator's trunk) is frozen."""
+
+    def __init__(self, teacher: nn.Module, layers: tuple[int, ...], heads: int,
+                 head_lr_scale: float = 1.0) -> None:
+        super().__init__()
+        self.lr_scales = {"heads": head_lr_scale}  # read by train.optim.build_optimizer
+        self.student = copy.deepcopy(teacher).requires_grad_(True)
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.layers = tuple(layers)
+        dim = teacher.config.dim
+        self.heads = nn.ModuleList(DiscriminatorHead(dim, heads) for _ in layers)
+
+    def train(self, mode: bool = True) -> LADD:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def trunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
+              velocity: bool = False):
+        """The teacher's states at the heads' blocks, time embedding and embedded text for
+        noised latents ``x`` at times ``t`` (and, with ``velocity``, its velocity from the
+        same pass): ``WanDiT.hidden_states``."""
+        return self.teacher.hidden_states(x, t, context, self.layers, velocity=velocity)
+
+    def scores(self, states: list[torch.Tensor], e: torch.Tensor, text: torch.Tensor, *,
+               frozen_heads: bool = False) -> list[torch.Tensor]:
+        """Per-token scores (B, L) of every head on ``trunk`` outputs; ``frozen_heads``: the
+        heads' weights take no gradient (the student's term)."""
+        out = []
+        for head, h in zip(self.heads, states, strict=True):
+            if frozen_heads:
+                params = {k: p.detach() for k, p in head.named_parameters()}
+                out.append(functional_call(head, params, (h, text, e)))
+            else:
+                out.append(head(h, text, e))
+        return out
+
+
+def adversarial_losses(real: list[torch.Tensor], fake: list[torch.Tensor],
+                       fake_for_student: list[torch.Tensor], kind: str
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L_D, L_G)`` of the module docstring, averaged over heads (``kind``: hinge, lsgan)."""
+    if kind == "hinge":
+        d = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake, strict=True)]
+        g = [-f.mean() for f in fake_for_student]
+    else:
+        d = [(r - 1).square().mean() + f.square().mean() for r, f in zip(real, fake, strict=True)]
+        g = [(f - 1).square().mean() for f in fake_for_student]
+    return torch.stack(d).mean(), torch.stack(g).mean()
+
+
+class DistillTask(DiTTask):
+    """LADD on a DiT latent cache (see the module docstring)."""
+
+    name = "distill"
+
+    def __init__(self, config: TrainConfig, cache: LatentItems) -> None:
+        super().__init__(config, cache)
+        d = config.distill
+        if config.flow.packing:
+            raise CineforgeError("a distill run takes padded batches; set flow.packing: false")
+        if self.empty is None and d.distill_weight and d.teacher_guidance != 1:
+            raise CineforgeError(f"{cache.folder} has no empty-prompt states for the teacher's "
+                                 "guidance; set distill.teacher_guidance: 1 or rebuild the cache")
+        folder = teacher_folder(config)
+        teacher = load_model(get_preset(config.model.preset), folder, "dit")
+        if teacher.config != model_config_of(config.model, "dit")[1]:
+            raise CineforgeError(f"the teacher in {folder} is not the DiT that model (preset "
+                                 "and overrides) describes; the student is a copy of the "
+                                 "teacher, so make model match it")
+        if max(d.disc_layers) >= teacher.config.num_layers:
+            raise CineforgeError(f"distill.disc_layers {d.disc_layers} name blocks beyond the "
+                                 f"teacher's {teacher.config.num_layers}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the heads' default init draws from the global RNG
+            self.model = LADD(teacher, d.disc_layers, d.disc_heads, d.head_lr_scale)
+        self.teacher_folder = folder
+        self.times = flash_schedule(d.steps, d.shift)[1]
+        self.val = self._student_validation_set()
+
+    # ------------------------------------------------------------------ objective
+
+    def loss(self, model: LADD, batch: list[list[CacheItem]],
+             generator: torch.Generator) -> StepLoss:
+        d, f = self.config.distill, self.config.flow
+        device = next(model.parameters()).device
+        total = sum(len(items) for items in batch)
+        loss, tokens = torch.zeros((), device=device), 0
+        sums: dict[str, float] = {}
+        for items in batch:
+            n = len(items)
+            x0 = torch.stack([item.latent for item in items])
+            s = self.times[torch.randint(len(self.times), (n,), generator=generator)]
+            t = sample_times(n, generator, mean=d.disc_mean, std=d.disc_std)
+            noise = frame_noise(tuple(x0.shape), generator, f.frame_noise_share)
+            renoise = frame_noise(tuple(x0.shape), generator, f.frame_noise_share)
+            context = torch.stack(self.contexts(items, torch.ones(n, dtype=torch.bool)))
+            x0, s, t, noise, renoise, context = (
+                v.to(device) for v in (x0, s, t, noise, renoise, context))
+
+            x_s = _noised(x0, noise, s)
+            x0_hat = x_s - _col(s, x_s) * model.student(x_s, s, context)
+            real, fake = _noised(x0, renoise, t), _noised(x0_hat, renoise, t)
+            with torch.no_grad():
+                real_states = model.trunk(real, t, context)[:3]
+            real_scores = model.scores(*real_states)
+            # One trunk pass over the fake serves both players (the trunk is frozen, so its
+            # detached states are those of the detached fake) and, with distillation, gives
+            # the teacher's conditional velocity for the target.
+            states, e, text, v_c = model.trunk(fake, t, context, velocity=bool(d.distill_weight))
+            fake_scores = model.scores([h.detach() for h in states], e.detach(), text.detach())
+            student_scores = model.scores(states, e, text, frozen_heads=True)
+            loss_d, loss_g = adversarial_losses(real_scores, fake_scores, student_scores, d.loss)
+            part = loss_d + d.adversarial_weight * loss_g
+            parts = {"loss_d": loss_d, "loss_g": loss_g}
+            if d.distill_weight:
+                target = self._teacher_x0(model.teacher, fake.detach(), t, context, v_c.detach())
+                loss_kd = (x0_hat - target).square().mean()
+                part = part + d.distill_weight * loss_kd
+                parts["loss_kd"] = loss_kd
+            parts["real_score"] = torch.stack([r.mean() for r in real_scores]).mean()
+            parts["fake_score"] = torch.stack([x.mean() for x in fake_scores]).mean()
+            loss = loss + part * (n / total)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value.item() * n / total
+            tokens += sum(latent_tokens(tuple(item.latent.shape), self.patch) for item in items)
+        return StepLoss(loss, sums, tokens)
+
+    def _teacher_x0(self, teacher: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                    context: torch.Tensor, v_c: torch.Tensor) -> torch.Tensor:
+        """The teacher's clean estimate of ``x`` at ``t`` from its conditional velocity
+        ``v_c``, guided by ``teacher_guidance`` against the empty prompt."""
+        w = self.config.distill.teacher_guidance
+        v = v_c
+        if w != 1:
+            with torch.no_grad():
+                empty = self.empty.to(context)[None].expand_as(context)
+                v = v_c + (w - 1) * (v_c - teacher(x, t, empty))
+        return x - _col(t, x) * v
+
+    # ------------------------------------------------------------------ validation
+
+    def _student_validation_set(self) -> list[tuple]:
+        """Per held-aside item: its kind, x0 and noise repeated over the student's times, the
+        times and the context (noise fixed by the run's seed)."""
+        generator = torch.Generator().manual_seed(self.config.seed + _VAL_SEED)
+        n = len(self.times)
+        out = []
+        for kind, x0, _, _, context in self.val:
+            x0, context = x0[:1].expand(n, *x0.shape[1:]), context[:1].expand(n, *context.shape[1:])
+            noise = frame_noise(tuple(x0.shape), generator, self.config.flow.frame_noise_share)
+            out.append((kind, x0, noise, self.times, context))
+        return out
+
+    @torch.no_grad()
+    def validate(self, model: LADD) -> dict[str, float]:
+        student = model.student
+        device = next(student.parameters()).device
+        per_kind: dict[str, list[torch.Tensor]] = {}
+        for kind, x0, noise, times, context in self.val:
+            x0, noise, times, context = (v.to(device) for v in (x0, noise, times, context))
+            x_s = _noised(x0, noise, times)
+            x0_hat = x_s - _col(times, x_s) * student(x_s, times, context)
+            per_kind.setdefault(kind, []).append((x0_hat - x0).square().flatten(1).mean(1).cpu())
+        out: dict[str, Any] = {}
+        for kind, errors in per_kind.items():
+            per_time = torch.stack(errors).mean(0)
+            out[f"val_{kind}_x0"] = float(per_time.mean())
+            out |= {f"val_{kind}_x0@{s:.3g}": float(e)
+                    for s, e in zip(self.times.tolist(), per_time, strict=True)}
+        return out
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, model: LADD, folder: Path) -> list[Path]:
+        return export_dit(model.student, Path(self.config.cache.vae), Path(folder))
+
+
+def teacher_folder(config: TrainConfig) -> Path:
+    """The teacher's weights folder: ``distill.teacher``, else the preset's own weights."""
+    return weights_folder(get_preset(config.model.preset), config.distill.teacher or None)
+
+
+def load_student(config: TrainConfig, state: dict[str, torch.Tensor], *, what: str) -> nn.Module:
+    """The student of a distill run's ``LADD`` state dict (its ``student.`` entries), built
+    like its teacher (the teacher folder's ``dit.json``)."""
+    from cineforge.weights.files import read_model_config
+    from cineforge.weights.keymap import load_strict
+
+    preset = get_preset(config.model.preset)
+    json = teacher_folder(config) / "dit.json"
+    dit_config = read_model_config(type(preset.dit), json) if json.is_file() else preset.dit
+    with torch.device("meta"):
+        student = preset.family.build("dit", dit_config)
+    prefix = "student."
+    load_strict(student, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                dtype=torch.float32, what=what)
+    return student
+
+
+def _col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Times (B,) as a column broadcasting over ``like``'s other dimensions."""
+    return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def _noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = _col(t, x0)
+    return (1 - t) * x0 + t * noise

@@ -1,0 +1,225 @@
+"""Few-step generation: the flash (re-noising) solver and adversarial distillation (LADD)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cineforge import load_pipeline
+from cineforge.errors import CineforgeError
+from cineforge.families.registry import get_preset
+from cineforge.families.wan.dit import WanDiT
+from cineforge.sampling import flash_schedule, flash_steps, sample
+from cineforge.train.distill import LADD, DiscriminatorHead, adversarial_losses
+from cineforge.train.run import export_run, train
+from train_runs import dit_run_config, run_until
+
+# ---------------------------------------------------------------------------- the solver
+
+
+def test_flash_schedule_is_shifted_even_times():
+    sigmas, times = flash_schedule(4, 1.0)
+    torch.testing.assert_close(sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    torch.testing.assert_close(flash_schedule(4, 3.0)[0], torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]))
+    assert torch.equal(times, sigmas[:-1])
+
+
+def test_flash_steps_renoise_the_clean_estimate_with_fresh_noise():
+    """With a velocity that knows the answer x0, every step's x0 is exact and the next state
+    is x0 noised to the next time with the next fresh draw; the last state is x0."""
+    gen = torch.Generator().manual_seed(0)
+    x0, start = torch.randn(2, 4, 3, 4, 4, generator=gen), torch.randn(2, 4, 3, 4, 4, generator=gen)
+    draws = [torch.randn(2, 4, 3, 4, 4, generator=gen) for _ in range(3)]
+    stream = iter(draws)
+    seen = []
+
+    def velocity(x, t):
+        seen.append((x.clone(), t.clone()))
+        return (x - x0) / t.view(-1, 1, 1, 1, 1)
+
+    sigmas, times = flash_schedule(4, 1.0)
+    steps = list(flash_steps(velocity, start, sigmas, times, noise=lambda shape: next(stream)))
+    assert [s.t for s in steps] == [1.0, 0.75, 0.5, 0.25] and steps[-1].t_next == 0.0
+    torch.testing.assert_close(seen[0][0], start)
+    for i, (x, t) in enumerate(seen[1:]):
+        assert torch.equal(t, torch.full((2,), sigmas[i + 1].item()))
+        torch.testing.assert_close(x, (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draws[i])
+    for step in steps:
+        torch.testing.assert_close(step.x0, x0)
+    assert torch.equal(steps[-1].x, steps[-1].x0)
+    with pytest.raises(CineforgeError, match="needs noise="):
+        sample(velocity, start, sigmas, times, solver="flash")
+
+
+def test_flash_generation_reproduces_by_seed_and_uses_fresh_noise(tmp_path):
+    """The pipeline draws the solver's fresh noise from the request's seed: the same seed
+    gives the same video, another seed another; a flash run is not the Euler run."""
+    pipe = load_pipeline("demo-tiny", weights=_tiny_weights(tmp_path))
+    kwargs = dict(frames=9, steps=4, guidance=1.0, solver="flash")
+    a, b = pipe("a red circle", seed=1, **kwargs), pipe("a red circle", seed=1, **kwargs)
+    assert torch.equal(a.pixels, b.pixels)
+    assert not torch.equal(a.pixels, pipe("a red circle", seed=2, **kwargs).pixels)
+    euler = pipe("a red circle", seed=1, **{**kwargs, "solver": "euler"})
+    assert not torch.equal(a.pixels, euler.pixels)
+
+
+def _tiny_weights(tmp_path):
+    from cineforge.families.family import save_components
+
+    preset = get_preset("demo-tiny")
+    torch.manual_seed(0)
+    dit = preset.family.build("dit", preset.dit).init_weights(torch.Generator().manual_seed(0))
+    vae = preset.family.build("vae", preset.vae)
+    return save_components(tmp_path / "weights", dit=dit, vae=vae)
+
+
+# ---------------------------------------------------------------------------- the trunk
+
+
+def test_hidden_states_are_the_forward_pass():
+    preset = get_preset("wan2.1-t2v-tiny")
+    dit = WanDiT(dataclasses.replace(preset.dit, num_layers=3)).init_weights(
+        torch.Generator().manual_seed(0))
+    x, ctx = torch.randn(2, 16, 3, 8, 8), torch.randn(2, 16, dit.config.text_dim)
+    t = torch.tensor([0.3, 0.8])
+    states, e, text, v = dit.hidden_states(x, t, ctx, (0, 2), velocity=True)
+    torch.testing.assert_close(v, dit(x, t, ctx), rtol=0, atol=0)
+    assert [h.shape for h in states] == [(2, 3 * 4 * 4, 32)] * 2 and text.shape == (2, 16, 32)
+    torch.testing.assert_close(dit.unpatchify(dit.head(states[1], e[:, None]), (3, 4, 4)),
+                               v, rtol=0, atol=0)  # the last block's states feed the head
+    early, *_, none = dit.hidden_states(x, t, ctx, (0,))
+    torch.testing.assert_close(early[0], states[0], rtol=0, atol=0)
+    assert none is None
+    with pytest.raises(CineforgeError, match="block indices in 0..2"):
+        dit.hidden_states(x, t, ctx, (3,))
+
+
+# ---------------------------------------------------------------------------- the objective
+
+
+def test_adversarial_losses_are_hinge_and_least_squares():
+    real, fake = [torch.tensor([0.5, 2.0])], [torch.tensor([-3.0, 0.0])]
+    d, g = adversarial_losses(real, fake, fake, "hinge")
+    torch.testing.assert_close(d, torch.tensor((0.5 + 0.0) / 2 + (0.0 + 1.0) / 2))
+    torch.testing.assert_close(g, torch.tensor(1.5))
+    d, g = adversarial_losses(real, fake, fake, "lsgan")
+    torch.testing.assert_close(d, torch.tensor((0.25 + 1.0) / 2 + (9.0 + 0.0) / 2))
+    torch.testing.assert_close(g, torch.tensor((16.0 + 1.0) / 2))
+
+
+def test_discriminator_head_starts_as_a_score_of_the_normed_tokens():
+    head = DiscriminatorHead(32, 4)
+    x, text, e = torch.randn(2, 12, 32), torch.randn(2, 5, 32), torch.randn(2, 32)
+    torch.testing.assert_close(head(x, text, e), head.score(head.norm(x))[..., 0])
+    with torch.no_grad():  # once the gate opens, the text changes the video tokens' scores
+        head.video_modulation.bias.normal_()
+    assert not torch.allclose(head(x, text, e), head(x, torch.randn(2, 5, 32), e))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, vae_dir, cache_dir):
+    """A tiny teacher: a DiT run of 2 steps, exported."""
+    out = tmp_path_factory.mktemp("teacher")
+    return train(dit_run_config(out, vae_dir, cache_dir, "steps=2"), progress=False)
+
+
+def distill_config(out, vae_dir, cache_dir, teacher, *overrides):
+    return dit_run_config(out, vae_dir, cache_dir, "task=distill", f"distill.teacher={teacher}",
+                          "distill.disc_layers=[0, 1]", "distill.disc_heads=2",
+                          "distill.teacher_guidance=3.0", "flow.caption_dropout=0.1", *overrides)
+
+
+def test_each_term_trains_only_its_own_side(tmp_path, vae_dir, cache_dir, teacher):
+    """The discriminator's terms (real and fake) reach the heads and not the student; the
+    student's adversarial and distillation terms reach the student and not the heads; the
+    teacher never gets a gradient."""
+    def grads(*overrides, prepare=lambda model: None):
+        from cineforge.train.run import build_task
+
+        config = distill_config(tmp_path / "run", vae_dir, cache_dir, teacher, *overrides)
+        task = build_task(config)
+        model = task.model
+        prepare(model)
+        batch = task.next_batch(torch.Generator().manual_seed(0))
+        model.zero_grad(set_to_none=True)
+        task.loss(model, batch, torch.Generator().manual_seed(1)).loss.backward()
+        norm = {part: sum(float(p.grad.abs().sum()) for p in getattr(model, part).parameters()
+                          if p.grad is not None) for part in ("student", "heads", "teacher")}
+        return norm, model
+
+    both, model = grads()
+    assert isinstance(model, LADD)
+    assert both["student"] > 0 and both["heads"] > 0 and both["teacher"] == 0
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    kd_only, _ = grads("distill.adversarial_weight=0")  # L_D + L_KD: heads get L_D only
+    torch.testing.assert_close(torch.tensor(kd_only["heads"]), torch.tensor(both["heads"]))
+    adv_only, _ = grads("distill.distill_weight=0")
+    assert adv_only["student"] > 0 and adv_only["student"] != both["student"]
+
+    # Real and fake both train the heads: with every score inside the hinge's margin, the
+    # score bias gets -1 from the real term and +1 from the fake one, which cancel.
+    def constant_scores(model):
+        with torch.no_grad():
+            for head in model.heads:
+                head.score.weight.zero_()
+                head.score.bias.fill_(0.1)
+
+    _, model = grads("distill.adversarial_weight=0", prepare=constant_scores)
+    for head in model.heads:
+        assert head.score.bias.grad.abs().item() < 1e-6
+        assert head.score.weight.grad.abs().sum() > 0
+
+
+def test_distill_run_resumes_exactly_and_exports_the_student(tmp_path, vae_dir, cache_dir,
+                                                            teacher):
+    config = distill_config(tmp_path / "run", vae_dir, cache_dir, teacher, "steps=4")
+    exported = train(config, progress=False)
+    whole = run_until(config)  # resumes at the end: nothing to do
+    half = distill_config(tmp_path / "half", vae_dir, cache_dir, teacher, "steps=4")
+    run_until(half, stop=2)
+    resumed = run_until(half)
+    for name, x in whole.model.state_dict().items():
+        assert torch.equal(x, resumed.model.state_dict()[name]), name
+    teacher_state = load_file(teacher / "dit.safetensors")
+    for name, x in whole.model.teacher.state_dict().items():  # frozen all along
+        assert torch.equal(x, teacher_state[name].float()), name
+    folder = export_run(tmp_path / "run", tmp_path / "export")
+    assert (folder / "dit.safetensors").read_bytes() == (exported / "dit.safetensors").read_bytes()
+    student = load_file(folder / "dit.safetensors")
+    ema = whole.ema.model.student.state_dict()
+    assert student.keys() == ema.keys()
+    assert all(torch.equal(student[k].float(), v.half().float()) for k, v in ema.items())
+    assert any(not torch.equal(student[k], teacher_state[k]) for k in student)
+    assert (folder / "vae.safetensors").is_file()
+
+
+def test_distill_errors_are_clear(tmp_path, vae_dir, cache_dir, teacher):
+    from cineforge.train.run import build_task
+
+    with pytest.raises(CineforgeError, match="is not the DiT that model"):
+        build_task(distill_config(tmp_path / "a", vae_dir, cache_dir, teacher,
+                                  "model.overrides.num_layers=3"))
+    with pytest.raises(CineforgeError, match="name blocks beyond the teacher's 2"):
+        build_task(distill_config(tmp_path / "b", vae_dir, cache_dir, teacher,
+                                  "distill.disc_layers=[1, 2]"))
+    with pytest.raises(CineforgeError, match="distill.loss must be one of"):
+        distill_config(tmp_path / "c", vae_dir, cache_dir, teacher, "distill.loss=wgan")
+
+
+def test_fresh_heads_train_at_their_own_learning_rate(tmp_path, vae_dir, cache_dir, teacher):
+    from cineforge.train.optim import build_optimizer
+    from cineforge.train.run import build_task
+
+    config = distill_config(tmp_path / "run", vae_dir, cache_dir, teacher,
+                            "distill.head_lr_scale=10", "optim.lr=1e-3")
+    model = build_task(config).model
+    groups = build_optimizer(model, config.optim).param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert [lr_of[id(p)] for p in model.heads.parameters()] == pytest.approx([1e-2] * len(
+        list(model.heads.parameters())))
+    assert [lr_of[id(p)] for p in model.student.parameters()] == pytest.approx([1e-3] * len(
+        list(model.student.parameters())))
+    assert not any(id(p) in lr_of for p in model.teacher.parameters())

@@ -151,6 +151,19 @@ def decode_tiled(
     return out.div_(weight_sum)
 
 
+def blend_(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> None:
+    """Cross-fade in place: ``cur``'s first ``extent`` slices along ``dim`` ramp linearly
+    from ``prev``'s last ones (weight 1 at the start) to ``cur``'s own (weight (e-1)/e)."""
+    e = min(prev.shape[dim], cur.shape[dim], extent)
+    if e <= 0:
+        return
+    shape = [1] * cur.ndim
+    shape[dim] = e
+    w = (torch.arange(e, dtype=torch.float64) / e).to(cur.dtype).view(shape).to(cur.device)
+    head = cur.narrow(dim, 0, e)
+    head.copy_(prev.narrow(dim, prev.shape[dim] - e, e) * (1 - w) + head * w)
+
+
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     if length <= tile:
         return [0]

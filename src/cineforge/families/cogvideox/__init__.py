@@ -49,18 +49,22 @@ from cineforge.families.family import (
     download_hint,
 )
 
-_TEXT_DIRS = ("text_encoder", "tokenizer")
+T5_DIRS = ("text_encoder", "tokenizer")
 
 
 def _load_t5(preset: Preset, folder: Path | None, layout: str | None, dtype: torch.dtype):
-    """T5 from the weights folder's ``text_encoder/`` and ``tokenizer/`` (every layout)."""
+    """T5-v1.1-XXL from the weights folder's ``text_encoder/`` and ``tokenizer/`` (every
+    layout; else from ``preset.text_repos`` or the preset's own repositories), run as the
+    releases run it: ``preset.max_text_len`` tokens, no attention mask, the padding rows'
+    states kept (``text.CogVideoXT5``). Kandinsky 4.0 reads CogVideoX-5B's."""
     from cineforge.weights.text_encoders import load_t5_encoder
 
-    if folder is None or not (preset.hub_repos or (Path(folder) / _TEXT_DIRS[0]).is_dir()):
+    repos = preset.text_repos or preset.hub_repos
+    if folder is None or not (repos or (Path(folder) / T5_DIRS[0]).is_dir()):
         raise CineforgeError(f"{preset.name} reads its T5 text encoder from the weights folder "
-                             f"({', '.join(d + '/' for d in _TEXT_DIRS)}); "
+                             f"({', '.join(d + '/' for d in T5_DIRS)}); "
                              + download_hint(preset), fields=("weights",))
-    model, tokenizer = load_t5_encoder(folder, repos=preset.hub_repos, dtype=dtype)
+    model, tokenizer = load_t5_encoder(folder, repos=repos, dtype=dtype)
     return CogVideoXT5(model, tokenizer, max_length=preset.max_text_len), None
 
 
@@ -73,12 +77,12 @@ COGVIDEOX = Family(
     tiny_dit=COGVIDEOX_DIT_TINY,
     tiny_vae=COGVIDEOX_VAE_TINY,
     layouts={
-        "cineforge": dataclasses.replace(CINEFORGE_LAYOUT, text_dirs=_TEXT_DIRS),
+        "cineforge": dataclasses.replace(CINEFORGE_LAYOUT, text_dirs=T5_DIRS),
         "diffusers": Layout(
             "model_index.json",
             dit=WeightFile("transformer", "diffusion_pytorch_model", COGVIDEOX_DIT_FROM_DIFFUSERS),
             vae=WeightFile("vae", "diffusion_pytorch_model", COGVIDEOX_VAE_FROM_DIFFUSERS),
-            text_dirs=_TEXT_DIRS,
+            text_dirs=T5_DIRS,
         ),
     },
     pipeline=CogVideoX,

@@ -46,8 +46,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cineforge.errors import CineforgeError
-from cineforge.families.kandinsky5.hunyuan_vae import blend_
-from cineforge.models.causal3d import CausalCache, CausalConv3d, LatentVideoVAE, posterior_sample
+from cineforge.models.causal3d import (
+    CausalCache,
+    CausalConv3d,
+    LatentVideoVAE,
+    blend_,
+    posterior_sample,
+)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cineforge.errors import CineforgeError
-from cineforge.families.cogvideox.text import CogVideoXT5
+from cineforge.families.cogvideox import T5_DIRS, T5_XXL
 from cineforge.families.cogvideox.vae import (
     COGVIDEOX_VAE_5B,
     COGVIDEOX_VAE_TINY,
@@ -37,9 +36,7 @@ from cineforge.families.family import (
     Layout,
     Preset,
     SamplerDefaults,
-    TextEncoderSpec,
     WeightFile,
-    download_hint,
 )
 from cineforge.families.kandinsky4.dit import (
     KANDINSKY4_DIT,
@@ -51,7 +48,6 @@ from cineforge.families.kandinsky4.pipeline import Kandinsky4Flash
 from cineforge.weights.files import read_torch
 
 DIT_FILE = "kandinsky4_distil_512.pt"
-TEXT_DIRS = ("text_encoder", "tokenizer")  # T5 model, tokenizer (CogVideoX-5B's folders)
 # The release's 480p sizes, (height, width) (t2v_pipeline.py: RESOLUTIONS[512]).
 SIZES = ((512, 512), (352, 736), (736, 352), (384, 672), (672, 384), (480, 544), (544, 480))
 
@@ -66,20 +62,6 @@ class TorchFile(WeightFile):
                           hub_repo=getattr(preset, self.repo))
 
 
-def _load_t5(preset: Preset, folder: Path | None, layout: str | None, dtype: torch.dtype):
-    """CogVideoX-5B's T5-v1.1-XXL from the weights folder's ``text_encoder/`` and
-    ``tokenizer/``, run as the release runs it: ``preset.max_text_len`` (224) tokens, no
-    attention mask, the padding rows' states kept (``cogvideox.text.CogVideoXT5``)."""
-    from cineforge.weights.text_encoders import load_t5_encoder
-
-    if folder is None:
-        raise CineforgeError(f"{preset.name} needs its T5 text encoder; "
-                             + download_hint(preset), fields=("weights",))
-    model, tokenizer = load_t5_encoder(folder, repos=preset.text_repos, dtype=dtype)
-    return CogVideoXT5(model, tokenizer, max_length=preset.max_text_len), None
-
-
-T5_XXL = TextEncoderSpec("t5-v1.1-xxl", 4096, _load_t5)
 
 KANDINSKY4 = Family(
     name="kandinsky4",
@@ -88,13 +70,13 @@ KANDINSKY4 = Family(
     tiny_dit=KANDINSKY4_DIT_TINY,
     tiny_vae=COGVIDEOX_VAE_TINY,
     layouts={
-        "cineforge": dataclasses.replace(CINEFORGE_LAYOUT, text_dirs=TEXT_DIRS),
+        "cineforge": dataclasses.replace(CINEFORGE_LAYOUT, text_dirs=T5_DIRS),
         "official": Layout(
             DIT_FILE,
             dit=TorchFile("", DIT_FILE, K4_DIT_FROM_OFFICIAL),
             vae=WeightFile("vae", "diffusion_pytorch_model", COGVIDEOX_VAE_FROM_DIFFUSERS,
                            repo="vae_repo"),
-            text_dirs=TEXT_DIRS,
+            text_dirs=T5_DIRS,
         ),
     },
     pipeline=Kandinsky4Flash,

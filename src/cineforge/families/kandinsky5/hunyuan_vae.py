@@ -40,7 +40,7 @@ from torch import nn
 
 from cineforge.errors import CineforgeError
 from cineforge.models.attention import get_attention_backend
-from cineforge.models.causal3d import Stage, posterior_sample
+from cineforge.models.causal3d import Stage, blend_, posterior_sample
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -368,19 +368,6 @@ class HunyuanVAE(nn.Module):
             raise CineforgeError(
                 f"the VAE decodes latents shaped (B, {c}, T, H, W), got {tuple(latents.shape)}"
             )
-
-
-def blend_(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> None:
-    """Cross-fade in place: ``cur``'s first ``extent`` slices along ``dim`` ramp linearly
-    from ``prev``'s last ones (weight 1 at the start) to ``cur``'s own (weight (e-1)/e)."""
-    e = min(prev.shape[dim], cur.shape[dim], extent)
-    if e <= 0:
-        return
-    shape = [1] * cur.ndim
-    shape[dim] = e
-    w = (torch.arange(e, dtype=torch.float64) / e).to(cur.dtype).view(shape).to(cur.device)
-    head = cur.narrow(dim, 0, e)
-    head.copy_(prev.narrow(dim, prev.shape[dim] - e, e) * (1 - w) + head * w)
 
 
 def run_tiled(

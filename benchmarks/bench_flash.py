@@ -4,7 +4,7 @@
     teacher  preset ``demo``: 20 UniPC steps, CFG 6 (cond and uncond in one batch)
     student  preset ``demo-flash``: 4 flash steps, no guidance (one DiT call per step)
 
-    python benchmarks/bench_flash.py [--repeats 5] [--flash-weights DIR]
+    python benchmarks/bench_flash.py --flash-weights DIR [--repeats 5]
 
 Quality is measured apart, by ``cineforge eval shapes --preset demo-flash -n 200``.
 """
@@ -34,7 +34,7 @@ def seconds_per_clip(pipe, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def run(repeats: int = 5, flash_weights: str | None = None, printer=print) -> dict[str, float]:
+def run(flash_weights: str, repeats: int = 5, printer=print) -> dict[str, float]:
     teacher = load_pipeline("demo", device="cpu")
     student = load_pipeline("demo-flash", weights=flash_weights, device="cpu")
     times = {}
@@ -52,6 +52,7 @@ def run(repeats: int = 5, flash_weights: str | None = None, printer=print) -> di
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--flash-weights", help="demo-flash weights folder (default: shipped)")
+    parser.add_argument("--flash-weights", required=True,
+                        help="demo-flash weights folder (configs/demo/flash.yaml's export)")
     args = parser.parse_args()
-    run(args.repeats, args.flash_weights)
+    run(args.flash_weights, args.repeats)

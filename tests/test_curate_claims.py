@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, table
+from sqlalchemy import column, func, select, table
 
 from cineforge.data.curate.catalog import (
     Metric,
@@ -125,8 +125,9 @@ def test_sigkill_mid_batch_then_finish_processes_every_scene_once(backend, tmp_p
             n_metric_scenes = n_metric_scenes.scalar_one()
             retried = s.execute(select(Task.attempts, Task.worker)
                                 .where(Task.attempts > 1)).all()
-            n_hashes = s.execute(select(func.count()).select_from(table("phash_index")))
-            n_hashes = n_hashes.scalar_one()
+            hashes = table("frame_hash_index", column("scene_id"))
+            n_hashes = s.execute(select(func.count(func.distinct(hashes.c.scene_id)),
+                                        func.count())).one()
             sources_ok = s.execute(select(func.count()).where(Source.status == "ok")).scalar_one()
             errors = list(s.scalars(select(Task.error).where(Task.state == "failed")))
         n = N_SOURCES * CLIPS_PER_SOURCE
@@ -134,7 +135,7 @@ def test_sigkill_mid_batch_then_finish_processes_every_scene_once(backend, tmp_p
                                   ("filters", "done", n), ("split", "done", N_SOURCES)], errors
         assert sources_ok == N_SOURCES and n_scenes == n
         assert sorted(c for _, c in per_source) == [CLIPS_PER_SOURCE] * N_SOURCES
-        assert n_metric_scenes == n and n_hashes == n
+        assert n_metric_scenes == n and tuple(n_hashes) == (n, 5 * n)  # 5 frames per scene
         # the victim's unfinished claims were taken over and finished by survivors, once
         assert held_at_kill >= 1 and len(retried) >= held_at_kill, (held_at_kill, retried)
         assert all(not w.endswith(f":{victim.pid}") for _, w in retried)

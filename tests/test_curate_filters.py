@@ -7,7 +7,9 @@ import pytest
 
 from cineforge.data.curate.filters import (
     BlurFilter,
+    EdgeTextFilter,
     MotionFilter,
+    SharpnessFilter,
     TechnicalFilter,
     TextFilter,
     apply_filters,
@@ -39,11 +41,28 @@ def test_sharpness_of_step_edges_and_blur():
     assert BlurFilter()(flat) == ({}, True)  # nothing to judge
 
 
-def test_text_fraction():
-    metrics, ok = TextFilter()(GOOD)
+def test_cpbd_on_rendered_shapes_and_blur():
+    metrics, ok = SharpnessFilter()(GOOD)
+    assert ok and metrics["cpbd"] > 0.5
+    metrics, ok = SharpnessFilter()(blurred(GOOD, sigma=1.5))
+    assert not ok and metrics["cpbd"] < 0.1
+    flat = np.full((2, 64, 64, 3), 90, np.uint8)
+    assert SharpnessFilter()(flat) == ({}, True)
+
+
+def test_edge_text_fraction():
+    metrics, ok = EdgeTextFilter()(GOOD)
     assert ok and metrics["text_fraction"] < 0.1
-    metrics, ok = TextFilter()(with_text(GOOD))
+    metrics, ok = EdgeTextFilter()(with_text(GOOD))
     assert not ok and metrics["text_fraction"] > 0.5
+
+
+def test_detected_text_area():
+    pytest.importorskip("onnxruntime")
+    metrics, ok = TextFilter()(GOOD)
+    assert ok and metrics["text_area"] == 0.0
+    metrics, ok = TextFilter()(with_text(GOOD))
+    assert not ok and metrics["text_area"] > 0.2
 
 
 def test_technical_quality():
@@ -75,7 +94,7 @@ def test_cheapest_first_and_early_exit():
     assert learned.calls == []  # never reached
     verdict = apply_filters(GOOD, [learned, *default_filters()])
     assert verdict.reason == "watermark" and learned.calls == [12]
-    assert set(verdict.metrics) == {"motion", "sharpness", "text_fraction", "contrast",
+    assert set(verdict.metrics) == {"motion", "cpbd", "text_area", "contrast",
                                     "min_side", "watermark_prob"}
     assert apply_filters(GOOD, default_filters()).reason is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -15,6 +16,7 @@ from cineforge.families.wan.dit import WanDiT
 from cineforge.sampling import flash_schedule, flash_steps, sample
 from cineforge.train.distill import LADD, DiscriminatorHead, adversarial_losses
 from cineforge.train.run import export_run, train
+from oracles import perturb
 from train_runs import dit_run_config, run_until
 
 # ---------------------------------------------------------------------------- the solver
@@ -223,3 +225,31 @@ def test_fresh_heads_train_at_their_own_learning_rate(tmp_path, vae_dir, cache_d
     assert [lr_of[id(p)] for p in model.student.parameters()] == pytest.approx([1e-3] * len(
         list(model.student.parameters())))
     assert not any(id(p) in lr_of for p in model.teacher.parameters())
+
+
+def test_guidance_distillation_targets_the_guided_teacher_at_the_student_input(
+        tmp_path, vae_dir, cache_dir, teacher):
+    """The student starts as the teacher, so at guidance 1 the target is its own output
+    (loss 0); at guidance 3 the target is the explicitly guided teacher estimate."""
+    from cineforge.train.run import build_task
+
+    def first_step(guidance):
+        config = distill_config(tmp_path / f"g{guidance}", vae_dir, cache_dir, teacher,
+                                "distill.guidance_weight=1", "distill.distill_weight=0",
+                                f"distill.teacher_guidance={guidance}")
+        task = build_task(config)
+        batch = task.next_batch(torch.Generator().manual_seed(0))
+        return task, task.loss(task.model, batch, torch.Generator().manual_seed(1)).parts
+
+    assert first_step(1.0)[1]["loss_cfg"] < 1e-10
+    task, _ = first_step(3.0)
+    gen = torch.Generator().manual_seed(2)
+    x, t = torch.randn(2, 16, 3, 4, 4, generator=gen), torch.tensor([0.9, 0.4])
+    ctx = torch.randn(2, task.text_len, 384, generator=gen)
+    dit = perturb(copy.deepcopy(task.model.teacher), seed=1)  # text matters (a 2-step run's
+    empty = task.empty[None].expand_as(ctx)                   # barely does)
+    with torch.no_grad():
+        v_c, v_u = dit(x, t, ctx), dit(x, t, empty)
+    assert (v_c - v_u).abs().max() > 1e-2
+    want = x - t.view(-1, 1, 1, 1, 1) * (v_u + 3.0 * (v_c - v_u))
+    torch.testing.assert_close(task._guided_x0(dit, x, t, ctx), want, rtol=1e-5, atol=1e-5)

@@ -21,6 +21,7 @@ from diffusers import (
     AutoencoderKLHunyuanVideo,
     AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
+    Kandinsky5I2VPipeline,
     Kandinsky5T2IPipeline,
     Kandinsky5T2VPipeline,
     Kandinsky5Transformer3DModel,
@@ -40,12 +41,15 @@ from cineforge.families.kandinsky5.hunyuan_vae_keys import HUNYUAN_VAE_FROM_DIFF
 from cineforge.families.registry import FAMILIES, PRESETS
 from cineforge.families.wan.dit import WanDiTConfig
 from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL
+from cineforge.families.wan.i2v_keys import WAN_I2V_DIT_FROM_DIFFUSERS, WAN_I2V_DIT_FROM_OFFICIAL
 from cineforge.families.wan.vae import WanVAEConfig
+from cineforge.families.wan.vae22_keys import WAN22_VAE_FROM_DIFFUSERS, WAN22_VAE_FROM_OFFICIAL
 from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS, WAN_VAE_FROM_OFFICIAL
 from cineforge.weights.keymap import KeyMap
 from cogvideox_oracles import write_registry_layout
 from k4_oracles import write_official_folder
 from oracles import official_vae_state_dict, perturb
+from wan22_oracles import diffusers_vae22, official_vae22_state_dict
 
 PAIRS = [(f.name, layout) for f in FAMILIES.values() for layout in f.layouts]
 
@@ -143,6 +147,74 @@ def _write_wan_diffusers(folder: Path, preset: Preset, dit: nn.Module, vae: nn.M
     ).save_pretrained(folder)
 
 
+def _write_wan_i2v_official(folder: Path, preset: Preset, dit: nn.Module,
+                            vae: nn.Module) -> None:
+    """Wan2.1-I2V: as the T2V release, with the image path's keys (``img_emb.proj``...)."""
+    save_file(_renamed(dit, dit.state_dict(), WAN_I2V_DIT_FROM_OFFICIAL),
+              folder / "diffusion_pytorch_model.safetensors")
+    release = official_vae_state_dict(preset.vae, lambda *shape: None)
+    torch.save(_renamed(vae, release, WAN_VAE_FROM_OFFICIAL), folder / "Wan2.1_VAE.pth")
+
+
+def _write_wan_i2v_diffusers(folder: Path, preset: Preset, dit: nn.Module,
+                             vae: nn.Module) -> None:
+    c = preset.dit
+    transformer = WanTransformer3DModel(
+        patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
+        in_channels=c.in_channels, out_channels=c.out_channels, text_dim=c.text_dim,
+        freq_dim=c.freq_dim, ffn_dim=c.ffn_dim, num_layers=c.num_layers,
+        cross_attn_norm=c.cross_attn_norm, qk_norm="rms_norm_across_heads", eps=c.eps,
+        image_dim=c.image_dim, added_kv_proj_dim=c.dim,
+    )
+    WanPipeline(
+        tokenizer=None, text_encoder=None,
+        transformer=_into(transformer, dit, WAN_I2V_DIT_FROM_DIFFUSERS),
+        vae=_into(_wan_vae(preset.vae), vae, WAN_VAE_FROM_DIFFUSERS),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    ).save_pretrained(folder)
+
+
+def _write_wan_experts_official(folder: Path, preset: Preset, dit: nn.Module,
+                                vae: nn.Module) -> None:
+    """Wan2.2-A14B: each expert in the release's names under ``high_noise_model/`` and
+    ``low_noise_model/``, the VAE as ``Wan2.1_VAE.pth``."""
+    for name in ("high_noise_model", "low_noise_model"):
+        expert = getattr(dit, name)
+        (folder / name).mkdir()
+        save_file(_renamed(expert, expert.state_dict(), WAN_DIT_FROM_OFFICIAL),
+                  folder / name / "diffusion_pytorch_model.safetensors")
+    release = official_vae_state_dict(preset.vae, lambda *shape: None)
+    torch.save(_renamed(vae, release, WAN_VAE_FROM_OFFICIAL), folder / "Wan2.1_VAE.pth")
+
+
+def _write_wan_experts_diffusers(folder: Path, preset: Preset, dit: nn.Module,
+                                 vae: nn.Module) -> None:
+    high, low = (_into(_wan_dit(preset.dit), expert, WAN_DIT_FROM_DIFFUSERS)
+                 for expert in (dit.high_noise_model, dit.low_noise_model))
+    WanPipeline(
+        tokenizer=None, text_encoder=None, transformer=high, transformer_2=low,
+        vae=_into(_wan_vae(preset.vae), vae, WAN_VAE_FROM_DIFFUSERS),
+        scheduler=FlowMatchEulerDiscreteScheduler(), boundary_ratio=preset.dit.boundary,
+    ).save_pretrained(folder)
+
+
+def _write_wan22_official(folder: Path, preset: Preset, dit: nn.Module, vae: nn.Module) -> None:
+    """Wan2.2-TI2V-5B: the DiT in the release's module names, the VAE as ``Wan2.2_VAE.pth``."""
+    save_file(_renamed(dit, dit.state_dict(), WAN_DIT_FROM_OFFICIAL),
+              folder / "diffusion_pytorch_model.safetensors")
+    release = official_vae22_state_dict(preset.vae, lambda *shape: None)
+    torch.save(_renamed(vae, release, WAN22_VAE_FROM_OFFICIAL), folder / "Wan2.2_VAE.pth")
+
+
+def _write_wan22_diffusers(folder: Path, preset: Preset, dit: nn.Module, vae: nn.Module) -> None:
+    WanPipeline(
+        tokenizer=None, text_encoder=None,
+        transformer=_into(_wan_dit(preset.dit), dit, WAN_DIT_FROM_DIFFUSERS),
+        vae=_into(diffusers_vae22(preset.vae), vae, WAN22_VAE_FROM_DIFFUSERS),
+        scheduler=FlowMatchEulerDiscreteScheduler(), expand_timesteps=True,
+    ).save_pretrained(folder)
+
+
 def _k5_writers(pipeline: type, make_vae: Callable, vae_keys: KeyMap,
                 vae_dir: str) -> dict[str, Writer]:
     """Kandinsky 5's diffusers folder, and its release folder: ``model/<dit_file>`` in
@@ -168,20 +240,38 @@ def _k5_writers(pipeline: type, make_vae: Callable, vae_keys: KeyMap,
 
 _K5_VIDEO = _k5_writers(Kandinsky5T2VPipeline, _hunyuan_vae, HUNYUAN_VAE_FROM_DIFFUSERS, "vae")
 _K5_IMAGE = _k5_writers(Kandinsky5T2IPipeline, _flux_vae, FLUX_VAE_FROM_DIFFUSERS, "flux/vae")
+_K5_I2V = _k5_writers(Kandinsky5I2VPipeline, _hunyuan_vae, HUNYUAN_VAE_FROM_DIFFUSERS, "vae")
 
 WRITERS: dict[tuple[str, str], Writer] = {
     ("demo", "cineforge"): _write_cineforge,
     ("wan2.1", "cineforge"): _write_cineforge,
     ("wan2.1", "diffusers"): _write_wan_diffusers,
     ("wan2.1", "official"): _write_wan_official,
+    ("wan2.1-i2v", "cineforge"): _write_cineforge,
+    ("wan2.1-i2v", "diffusers"): _write_wan_i2v_diffusers,
+    ("wan2.1-i2v", "official"): _write_wan_i2v_official,
+    ("wan2.2-t2v-a14b", "cineforge"): _write_cineforge,
+    ("wan2.2-t2v-a14b", "diffusers"): _write_wan_experts_diffusers,
+    ("wan2.2-t2v-a14b", "official"): _write_wan_experts_official,
+    ("wan2.2-i2v-a14b", "cineforge"): _write_cineforge,
+    ("wan2.2-i2v-a14b", "diffusers"): _write_wan_experts_diffusers,
+    ("wan2.2-i2v-a14b", "official"): _write_wan_experts_official,
+    ("wan2.2-ti2v", "cineforge"): _write_cineforge,
+    ("wan2.2-ti2v", "diffusers"): _write_wan22_diffusers,
+    ("wan2.2-ti2v", "official"): _write_wan22_official,
     ("kandinsky5", "cineforge"): _write_cineforge,
     ("kandinsky5", "diffusers"): _K5_VIDEO["diffusers"],
     ("kandinsky5", "official"): _K5_VIDEO["official"],
+    ("kandinsky5-i2v", "cineforge"): _write_cineforge,
+    ("kandinsky5-i2v", "diffusers"): _K5_I2V["diffusers"],
+    ("kandinsky5-i2v", "official"): _K5_I2V["official"],
     ("kandinsky5-image", "cineforge"): _write_cineforge,
     ("kandinsky5-image", "diffusers"): _K5_IMAGE["diffusers"],
     ("kandinsky5-image", "official"): _K5_IMAGE["official"],
     ("cogvideox", "cineforge"): _write_cineforge,
     ("cogvideox", "diffusers"): write_registry_layout,
+    ("cogvideox-i2v", "cineforge"): _write_cineforge,
+    ("cogvideox-i2v", "diffusers"): write_registry_layout,
     ("kandinsky4", "cineforge"): _write_cineforge,
     ("kandinsky4", "official"): write_official_folder,
 }
@@ -227,7 +317,8 @@ def test_every_preset_has_a_registered_family_that_builds_it(name):
                 model = family.build(part, config)
                 assert type(model) is family.model_class(part) and model.config == config
                 assert all(p.is_meta for p in model.parameters())
-    family.check_request(preset, preset.request("a red ball"))  # its defaults are honoured
+    image = torch.zeros(3, preset.height, preset.width) if family.pipeline.image_to_video else None
+    family.check_request(preset, preset.request("a red ball", image=image))  # defaults honoured
 
 
 def test_every_writer_is_for_a_registered_layout():

@@ -18,7 +18,9 @@ this module.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from cineforge.pipelines.common import (
     VideoRequest,
     check_vae_tile,
     format_bytes,
+    prepare_image,
 )
 from cineforge.weights.lora import apply_loras, read_loras
 from cineforge.weights.offload import make_placement
@@ -93,7 +96,11 @@ class Pipeline:
         """Generate one video. ``fields``: any ``VideoRequest`` field (``frames``,
         ``width``, ``height``, ``steps``, ``guidance``, ``shift``, ``negative``, ``solver``,
         ``seed``, ``frame_noise_share``, ``strength``, ``guidance_until``, ``cache``,
-        ``cache_threshold``); the preset's defaults fill the rest.
+        ``cache_threshold``, ``image``, ``guidance_2``: the low-noise expert's guidance of
+        two-expert presets); the preset's defaults fill the rest.
+        ``image`` (a path, a PIL image, a uint8 H, W, 3 or float 3, H, W tensor in [-1, 1]):
+        the first frame (image-to-video presets); an image of another size is scaled to cover
+        the output and centre-cropped, with a warning saying so.
         ``init_video`` (1, 3, T, H, W in [-1, 1]): start from it (video-to-video)."""
         return self.generate(self.request(prompt, **fields), init_video=init_video,
                              vae_tile=vae_tile, progress=progress)
@@ -106,6 +113,11 @@ class Pipeline:
         check_vae_tile(vae_tile, runner.vae.config.spatial_ratio)
         check_memory(self.preset, r, device=runner.placement.device, dtype=runner.dtype,
                      offload=self.offload, vae_tile=vae_tile, models=(runner.dit, runner.vae))
+        if r.image is not None:
+            image, note = prepare_image(r.image, r.width, r.height)
+            if note:
+                warnings.warn(note, stacklevel=3)
+            r = dataclasses.replace(r, image=image)
         video = runner(r, progress=progress, vae_tile=vae_tile, init_video=init_video)
         return Video(video[0], self.preset.fps)
 

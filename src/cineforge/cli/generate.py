@@ -4,6 +4,8 @@ the memory the request needs, all checked before any loading -> ``cineforge.load
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -14,7 +16,7 @@ from cineforge.cli.options import GenerateOptions, check_prompt
 from cineforge.errors import CineforgeError
 from cineforge.families.registry import get_preset
 from cineforge.io.video import check_fps, check_output_path, from_uint8_frames, read_video
-from cineforge.pipelines.common import VideoRequest, check_vae_tile
+from cineforge.pipelines.common import VideoRequest, check_vae_tile, prepare_image
 
 DEFAULT_STRENGTH = 0.7  # video-to-video: share of the steps run from the noised video
 
@@ -24,10 +26,11 @@ def build_request(opts: GenerateOptions) -> VideoRequest:
     width, height = opts.size or (None, None)
     return preset.request(
         check_prompt(opts.prompt), negative=opts.negative, width=width, height=height,
-        frames=opts.frames, steps=opts.steps, guidance=opts.guidance, shift=opts.shift,
+        frames=opts.frames, steps=opts.steps, guidance=opts.guidance,
+        guidance_2=opts.guidance_2, shift=opts.shift,
         solver=opts.solver, frame_noise_share=opts.frame_noise, seed=opts.seed,
         strength=init_strength(opts), guidance_until=opts.guidance_until, cache=opts.cache,
-        cache_threshold=opts.cache_threshold,
+        cache_threshold=opts.cache_threshold, image=opts.image,
     )
 
 
@@ -69,6 +72,11 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
                  vae_tile=opts.vae_tile)
     init = (None if opts.video is None
             else load_init_video(opts.video, request, preset.vae.temporal_ratio))
+    if request.image is not None:  # read and fit the first frame once, before loading
+        image, note = prepare_image(request.image, request.width, request.height)
+        if note:
+            print(f"--image {opts.image}: {note}", file=sys.stderr)
+        request = dataclasses.replace(request, image=image)
     pipe = load_pipeline(preset, opts.weights, device=device, dtype=dtype, offload=offload,
                          lora=tuple(opts.lora))
     bars: dict[str, tqdm] = {}

@@ -23,6 +23,7 @@ class GenerateOptions:
     size: tuple[int, int] | None = None  # (width, height)
     steps: int | None = None
     guidance: float | None = None
+    guidance_2: float | None = None  # two-expert presets: the low-noise expert's guidance
     shift: float | None = None
     solver: str | None = None
     frame_noise: float | None = None
@@ -35,6 +36,7 @@ class GenerateOptions:
     vae_tile: int | None = None
     lora: tuple[tuple[Path, float], ...] = ()  # (file, scale), applied in order
     video: Path | None = None  # video-to-video: the init video
+    image: Path | None = None  # image-to-video: the first frame
     strength: float | None = None  # share of the steps run from it (default 0.7 with --video)
     guidance_until: float | None = None  # share of the steps with guidance (default 1)
     cache: str | None = None  # step cache (default none)
@@ -83,6 +85,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16")
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--guidance-2", type=float,
+                   help="two-expert presets (Wan 2.2 A14B): the low-noise expert's guidance "
+                        "(default: the preset's)")
     p.add_argument("--shift", type=float, help="flow-matching timestep shift")
     p.add_argument("--solver", choices=("unipc", "euler", "flash", "ddim", "dpm"),
                    help="sampler (default: the preset's; flash: re-noising, for few-step "
@@ -114,6 +119,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", type=Path,
                    help="video-to-video: start from this video's first --frames frames (at the "
                         "output size), noised by --strength")
+    p.add_argument("--image", type=Path,
+                   help="image-to-video: the first frame (an image of another size is scaled "
+                        "to cover the output size and centre-cropped)")
     p.add_argument("--strength", type=float,
                    help="with --video: share of the steps run from the noised video, in (0, 1]; "
                         "lower keeps more of it (default 0.7)")

@@ -87,6 +87,7 @@ class Components:
     vae: nn.Module
     text_encoder: Any  # cineforge.models.text_encoders.TextEncoder
     pooled_encoder: Any = None  # a pooled text vector's encoder (Kandinsky 5's CLIP)
+    image_encoder: Any = None  # image-to-video: the first frame's encoder (Wan 2.1 I2V's CLIP)
 
 
 # (preset, weights folder or None, its layout name or None, dtype) -> (encoder, pooled or None)
@@ -117,6 +118,8 @@ class Family:
     pipeline: type[FlowPipeline]
     text_encoder: TextEncoderSpec
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)
+    # (preset, weights folder, layout name, dtype) -> the image encoder; None: the family has none
+    image_encoder: Callable[[Preset, Path, str, torch.dtype], Any] | None = None
 
     def __post_init__(self) -> None:  # read-only mappings: a family is shared by its presets
         object.__setattr__(self, "layouts", MappingProxyType(dict(self.layouts)))
@@ -136,6 +139,10 @@ class Family:
             raise CineforgeError(f"preset {preset.name!r} ({self.name}) has no video-to-video; "
                                  "drop {video}, or use the demo or a Wan 2.1 preset",
                                  fields=("video",))
+        if r.image is not None and not self.pipeline.image_to_video:
+            raise CineforgeError(f"preset {preset.name!r} ({self.name}) has no image-to-video; "
+                                 "drop {image}, or use an image-to-video preset",
+                                 fields=("image",))
         self.pipeline.check_request(r, preset.dit, preset.vae, **self.pipeline_options)
 
     def make_pipeline(self, components: Components, *, placement=None,
@@ -172,6 +179,7 @@ class SamplerDefaults:
     solver: str = "unipc"
     negative: str = ""
     frame_noise_share: float = 0.0  # the model's training noise: sampling.frame_noise
+    guidance_2: float | None = None  # two-expert models: the low-noise expert's guidance
     # MagCache's calibration: (t, mean|v|) of one run at these defaults
     # (FlowPipeline.calibrate_magnitudes); () leaves cache "mag" unavailable
     magnitudes: tuple[tuple[float, float], ...] = ()
@@ -231,7 +239,7 @@ class Preset:
         defaults = dict(width=self.width, height=self.height, frames=self.frames,
                         steps=s.steps, guidance=s.guidance, shift=s.shift, negative=s.negative,
                         solver=s.solver, frame_noise_share=s.frame_noise_share,
-                        cache_magnitudes=s.magnitudes)
+                        cache_magnitudes=s.magnitudes, guidance_2=s.guidance_2)
         names = {f.name for f in dataclasses.fields(VideoRequest)} - {"prompt"}
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -360,11 +368,13 @@ def load_components(
     folder = weights_folder(preset, folder)
     layout = detect_layout(preset, folder)
     text, pooled = preset.text.load(preset, folder, layout, dtype)
+    load_image = preset.family.image_encoder
     return Components(
         dit=load_model(preset, folder, "dit", dtype=dtype, layout=layout),
         vae=load_model(preset, folder, "vae", dtype=torch.float32, layout=layout),
         text_encoder=text,
         pooled_encoder=pooled,
+        image_encoder=None if load_image is None else load_image(preset, folder, layout, dtype),
     )
 
 

@@ -7,6 +7,11 @@ Video-to-video (SDEdit, Meng et al. 2022) is the same loop started part-way: wit
 after its first ``steps - int(steps * s)`` steps, and only the remaining steps run (the
 steps are counted as in diffusers' video-to-video pipelines).
 
+Image-to-video is the same loop with a first frame: the request's ``image`` (a path, a PIL
+image or a tensor; None: text-to-video) is brought to the request's size by
+``prepare_image`` and a family that has image-to-video (``FlowPipeline.image_to_video``)
+builds its conditioning from it; the others refuse it before loading anything.
+
 ``FlowPipeline`` runs the stages; a model family says only how it builds its conditioning
 (``conditions``), what its latents look like (``latent_shape``, ``initial_latents``) and how
 it decodes. The DiT is called as ``dit(x, t, **conditioning)``; classifier-free guidance,
@@ -19,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +67,10 @@ class VideoRequest:
     cache: str = "none"  # step cache: "none", "tea" or "mag" (sampling.caching)
     cache_threshold: float = 0.0  # the cache's skip threshold; 0 never skips
     cache_magnitudes: tuple[tuple[float, float], ...] = ()  # MagCache: (t, mean|v|) of a run
+    # image-to-video: the first frame (a path, a PIL image, or a uint8 / float tensor as
+    # ``prepare_image`` takes it); None: text-to-video
+    image: Any = field(default=None, compare=False, repr=False)
+    guidance_2: float | None = None  # two-expert models (Wan 2.2 A14B): the low-noise expert's
 
 
 FLOAT_FIELDS = ("guidance", "shift", "frame_noise_share", "strength", "guidance_until",
@@ -98,6 +108,9 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
         raise CineforgeError(f"{{steps}} must be at least 1, got {r.steps}", fields=("steps",))
     if r.guidance < 0:
         raise CineforgeError(f"{{guidance}} must be >= 0, got {r.guidance}", fields=("guidance",))
+    if r.guidance_2 is not None and not (math.isfinite(r.guidance_2) and r.guidance_2 >= 0):
+        raise CineforgeError(f"{{guidance_2}} must be a number >= 0, got {r.guidance_2}",
+                             fields=("guidance_2",))
     if not 0 <= r.frame_noise_share < 1:
         raise CineforgeError(f"{{frame_noise_share}} must be in [0, 1), got {r.frame_noise_share}",
                              fields=("frame_noise_share",))
@@ -110,6 +123,8 @@ def check_request(r: VideoRequest, *, multiple: int, temporal_ratio: int) -> Non
         )
     get_solver(r.solver)
     check_speedups(r)
+    if r.image is not None:
+        check_image(r.image)
 
 
 def check_speedups(r: VideoRequest) -> None:
@@ -126,6 +141,84 @@ def check_speedups(r: VideoRequest) -> None:
     if r.cache == "mag" and len(r.cache_magnitudes) < 2:
         raise CineforgeError("{cache} mag needs a magnitude calibration of the model, which "
                              "this preset lacks; use {cache} tea", fields=("cache",))
+
+
+def check_image(image: Any) -> None:
+    """Raise a CineforgeError unless ``image`` is something ``prepare_image`` reads."""
+    from PIL import Image
+
+    if isinstance(image, str | Path):
+        if not Path(image).is_file():
+            raise CineforgeError(f"{{image}} {image} is not a file; give the path of the first "
+                                 "frame (.png, .jpg, ...)", fields=("image",))
+    elif isinstance(image, torch.Tensor):
+        _image_tensor(image)
+    elif not isinstance(image, Image.Image):
+        raise CineforgeError(f"{{image}} must be a path, a PIL image or a tensor, got "
+                             f"{type(image).__name__}", fields=("image",))
+
+
+def _image_tensor(image: torch.Tensor) -> torch.Tensor:
+    """A tensor image as 1, 3, H, W float in [-1, 1]: uint8 (H, W, 3 or 3, H, W, values
+    0..255) or float (3, H, W or 1, 3, H, W, values in [-1, 1])."""
+    if image.dtype == torch.uint8:
+        if image.ndim == 3 and image.shape[-1] == 3 and image.shape[0] != 3:
+            image = image.permute(2, 0, 1)
+        if image.ndim == 3 and image.shape[0] == 3:
+            return image[None].float() / 127.5 - 1
+    elif image.is_floating_point():
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim == 4 and image.shape[:2] == (1, 3):
+            if not torch.isfinite(image).all() or image.abs().max() > 1 + 1e-6:
+                raise CineforgeError("a float {image} tensor must hold values in [-1, 1]",
+                                     fields=("image",))
+            return image.float()
+    raise CineforgeError(f"{{image}} tensor of shape {tuple(image.shape)} and {image.dtype}: use "
+                         "uint8 H, W, 3 (or 3, H, W) or float 3, H, W in [-1, 1]",
+                         fields=("image",))
+
+
+def prepare_image(image: Any, width: int, height: int) -> tuple[torch.Tensor, str | None]:
+    """The first frame at ``width`` x ``height``: ``(1, 3, H, W float32 in [-1, 1], note)``.
+
+    An image of another size is scaled, keeping its aspect, to cover the frame and
+    centre-cropped (Wan 2.2's ``textimage2video``: scale ``max(W / w, H / h)``, Lanczos for
+    files and PIL images, antialiased bicubic for tensors); ``note`` then says so in one line
+    (None when the size was already right)."""
+    from PIL import Image
+
+    check_image(image)
+    if isinstance(image, str | Path):
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except OSError as error:  # Pillow: UnidentifiedImageError, truncated file
+            raise CineforgeError(f"{{image}} {image} is not a readable image ({error})",
+                                 fields=("image",)) from None
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        if (w, h) != (width, height):
+            scale = max(width / w, height / h)
+            size = (max(width, round(w * scale)), max(height, round(h * scale)))
+            image = image.convert("RGB").resize(size, Image.LANCZOS)
+            left, top = (size[0] - width) // 2, (size[1] - height) // 2
+            image = image.crop((left, top, left + width, top + height))
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        tensor = pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
+    else:
+        tensor = _image_tensor(image)
+        h, w = tensor.shape[-2:]
+        if (w, h) != (width, height):
+            scale = max(width / w, height / h)
+            size = (max(height, round(h * scale)), max(width, round(w * scale)))
+            tensor = torch.nn.functional.interpolate(tensor, size=size, mode="bicubic",
+                                                     antialias=True, align_corners=False)
+            top, left = (size[0] - height) // 2, (size[1] - width) // 2
+            tensor = tensor[..., top : top + height, left : left + width].clamp(-1, 1)
+    note = None if (w, h) == (width, height) else (
+        f"the image is {w}x{h}: scaled to cover {width}x{height} and centre-cropped")
+    return tensor.contiguous(), note
 
 
 def round_to(n: int, multiple: int) -> int:
@@ -251,6 +344,7 @@ class FlowPipeline:
     ``decode``; those with video-to-video also ``encode_video`` (and set the flag below)."""
 
     video_to_video: bool = False  # whether ``encode_video`` exists (init_video is honoured)
+    image_to_video: bool = False  # whether ``conditions`` reads the request's ``image``
 
     def __init__(self, components, *, placement=None, dtype: torch.dtype = torch.float32):
         self.dit: nn.Module = components.dit
@@ -293,6 +387,11 @@ class FlowPipeline:
         state = np.random.SeedSequence([r.seed % 2**64, 1]).generate_state(2, np.uint32)
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         return lambda shape: initial_noise(shape, generator, frame_share=r.frame_noise_share)
+
+    def sample_options(self, r: VideoRequest) -> dict[str, Any]:
+        """Keyword arguments of ``sample`` a family adds from the request (two-expert models:
+        the second expert's guidance); none by default."""
+        return {}
 
     def schedule(self, steps: int, shift: float, solver: str) -> tuple[torch.Tensor, ...]:
         """``(sigmas, times)`` the solver walks (its own schedule by default)."""
@@ -373,7 +472,7 @@ class FlowPipeline:
             cond, uncond, latents, steps=r.steps, guidance=r.guidance, shift=r.shift,
             solver=r.solver, skip=skip, guidance_until=r.guidance_until,
             cache=make_cache(r.cache, r.cache_threshold, r.cache_magnitudes),
-            fresh_noise=self.fresh_noise(r),
+            fresh_noise=self.fresh_noise(r), **self.sample_options(r),
         )
         for step in steps:
             latents = step.x

@@ -215,8 +215,10 @@ class DistillObjective:
     (trained at ``head_lr_scale`` times the learning rate), at times logit-normal
     (``disc_mean``, ``disc_std``); ``loss`` hinge or lsgan, weighted by
     ``adversarial_weight``, plus ``distill_weight`` times the squared distance to the
-    teacher's clean estimate guided by ``teacher_guidance``. ``teacher``: a weights folder
-    (cineforge layout); empty: the preset's own weights (``model.preset``)."""
+    teacher's clean estimate of the re-noised student sample and ``guidance_weight`` times
+    that to its estimate of the student's own input, both guided by ``teacher_guidance``.
+    ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
+    (``model.preset``)."""
 
     teacher: str = ""
     steps: int = 4
@@ -229,6 +231,7 @@ class DistillObjective:
     loss: str = "hinge"
     adversarial_weight: float = 1.0
     distill_weight: float = 1.0
+    guidance_weight: float = 0.0
     teacher_guidance: float = 6.0
 
     def __post_init__(self) -> None:
@@ -242,9 +245,10 @@ class DistillObjective:
                  "distill.disc_heads must be >= 1, distill.disc_std and head_lr_scale > 0")
         _require(self.loss in DISTILL_LOSSES,
                  f"distill.loss must be one of {DISTILL_LOSSES}, got {self.loss!r}")
-        _require(self.adversarial_weight >= 0 and self.distill_weight >= 0
-                 and self.adversarial_weight + self.distill_weight > 0,
-                 "distill.adversarial_weight and distill.distill_weight must be >= 0, not both 0")
+        _require(min(self.adversarial_weight, self.distill_weight, self.guidance_weight) >= 0
+                 and self.adversarial_weight + self.distill_weight + self.guidance_weight > 0,
+                 "distill.adversarial_weight, distill_weight and guidance_weight must be >= 0, "
+                 "not all 0")
         _require(self.teacher_guidance >= 1,
                  f"distill.teacher_guidance must be >= 1, got {self.teacher_guidance}")
 

@@ -131,6 +131,22 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class Rejection(Base):
+    """Why a stage rejected a scene: the measured ``value`` of ``metric`` and the limit it
+    broke (``value op threshold`` must hold to pass; ``op`` is ``>=``, ``<=`` or, for the
+    Hamming distance to a kept scene, ``>``). A plug-in
+    filter that declares no limits leaves ``metric`` and ``threshold`` empty."""
+
+    __tablename__ = "rejections"
+    scene_id: Mapped[int] = mapped_column(ForeignKey("scenes.id"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64))
+    metric: Mapped[str | None] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    op: Mapped[str | None] = mapped_column(String(2))
+    threshold: Mapped[float | None] = mapped_column(Float)
+
+
 class Caption(Base):
     __tablename__ = "captions"
     __table_args__ = (UniqueConstraint("scene_id", "captioner"),)
@@ -238,6 +254,7 @@ def _create_tables(engine: Engine) -> None:
     """Create missing tables (ours and the near-duplicate index's) in one transaction that
     workers starting together take in turn: PostgreSQL's concurrent CREATE TABLEs of one name
     fail, so they wait on an advisory lock (SQLite's BEGIN IMMEDIATE already serialises)."""
+    from cineforge.data.curate.framehash import FrameHashIndex
     from cineforge.data.curate.phash import HashIndex
 
     with engine.begin() as conn:
@@ -245,6 +262,7 @@ def _create_tables(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
         Base.metadata.create_all(conn)
         HashIndex(engine).metadata.create_all(conn)
+        FrameHashIndex(engine).metadata.create_all(conn)
 
 
 _DDL_LOCK = 0x63667467  # any constant shared by all cineforge workers ("cftg")
@@ -350,6 +368,75 @@ def summary(session: Session) -> Summary:
     ).all()
     return Summary(sources, dict(reasons), task_counts(session), scenes,
                    {(stage, reason): n for stage, reason, n in rejects})
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """How one metric is distributed over the scenes that have it, and what its limits
+    removed: ``cuts`` maps ``(op, threshold)`` to the scenes rejected by that limit."""
+
+    name: str
+    stage: str
+    count: int
+    quantiles: tuple[float, ...]  # at QUANTILES
+    cuts: dict[tuple[str, float], int]
+
+
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def metric_stats(session: Session) -> list[MetricStats]:
+    """Per metric: count, quantiles and the rejections of each threshold (``status``)."""
+    import numpy as np
+
+    values: dict[tuple[str, str], list[float]] = {}
+    for name, stage, value in session.execute(select(Metric.name, Metric.stage, Metric.value)):
+        values.setdefault((name, stage), []).append(value)
+    for name, stage, value in session.execute(
+            select(Rejection.metric, Rejection.stage, Rejection.value)
+            .where(Rejection.metric.is_not(None), Rejection.stage == "dedup")):
+        values.setdefault((name, stage), []).append(value)  # distances exist for copies only
+    cuts: dict[tuple[str, str], dict[tuple[str, float], int]] = {}
+    for name, stage, op, threshold, n in session.execute(
+            select(Rejection.metric, Rejection.stage, Rejection.op, Rejection.threshold,
+                   func.count()).where(Rejection.metric.is_not(None))
+            .group_by(Rejection.metric, Rejection.stage, Rejection.op, Rejection.threshold)):
+        cuts.setdefault((name, stage), {})[(op, threshold)] = n
+    out = []
+    for (name, stage), vs in values.items():
+        q = tuple(float(x) for x in np.quantile(np.asarray(vs, np.float64), QUANTILES))
+        out.append(MetricStats(name, stage, len(vs), q, cuts.get((name, stage), {})))
+    order = {s: i for i, s in enumerate(STAGES)}
+    return sorted(out, key=lambda m: (order.get(m.stage, 99), m.name))
+
+
+def scene_record(session: Session, scene_id: int) -> dict | None:
+    """Everything the catalog holds on one scene (``cineforge curate explain``), or None."""
+    scene = session.get(Scene, scene_id)
+    if scene is None:
+        return None
+    source = session.get(Source, scene.source_id)
+    rejection = session.get(Rejection, scene_id)
+    tasks = {t.stage: {"state": t.state, "attempts": t.attempts, "error": t.error}
+             for t in session.scalars(select(Task).where(Task.item_id == scene_id,
+                                                         Task.stage != "split"))}
+    return {
+        "scene_id": scene.id, "source": source.path, "index": scene.index,
+        "start_frame": scene.start_frame, "end_frame": scene.end_frame, "fps": scene.fps,
+        "duration_s": round(scene.duration_s, 4),
+        "crop": [scene.crop_x, scene.crop_y, scene.crop_w, scene.crop_h],
+        "brightness": scene.brightness, "clip": scene.clip_path, "status": scene.status,
+        "rejected": None if rejection is None else {
+            "stage": rejection.stage, "reason": rejection.reason, "metric": rejection.metric,
+            "value": rejection.value, "op": rejection.op, "threshold": rejection.threshold},
+        "duplicate_of": scene.duplicate_of,
+        "phash": None if scene.phash is None else f"{scene.phash & (2**64 - 1):016x}",
+        "metrics": {m.name: m.value for m in session.scalars(
+            select(Metric).where(Metric.scene_id == scene_id).order_by(Metric.name))},
+        "captions": {c.captioner: c.text for c in session.scalars(
+            select(Caption).where(Caption.scene_id == scene_id))},
+        "tasks": tasks,
+    }
 
 
 def export_rows(session: Session, after: str = "filters") -> list[dict]:

@@ -203,10 +203,14 @@ def split_scenes(path: str | Path, config: SplitConfig) -> tuple[float, list[Sce
 
 
 def iter_scene(path: str | Path, start: int, end: int, crop: tuple[int, int, int, int], *,
-               step: int = 1, fmt: str = "rgb24") -> Iterator[tuple[int, np.ndarray]]:
-    """(index, frame) for frames ``start, start + step, ... < end`` of a video, cropped.
-    Seeks to the key frame before ``start``; frame indices come from timestamps."""
+               step: int = 1, fmt: str = "rgb24",
+               offsets: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, frame) for frames ``start, start + step, ... < end`` of a video, cropped (or,
+    with ``offsets``, frames ``start + o`` only). Seeks to the key frame before ``start``;
+    frame indices come from timestamps."""
     x, y, w, h = crop
+    if offsets is not None:
+        step, end = 1, min(end, start + max(offsets, default=-1) + 1)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -218,16 +222,18 @@ def iter_scene(path: str | Path, start: int, end: int, crop: tuple[int, int, int
             i = round((frame.pts - first) * base * fps)
             if i >= end:
                 break
-            if i >= start and (i - start) % step == 0:
+            if i >= start and (i - start) % step == 0 and (offsets is None or i - start in offsets):
                 yield i, frame.to_ndarray(format=fmt)[y : y + h, x : x + w]
 
 
 def read_scene(path: str | Path, start: int, end: int, crop: tuple[int, int, int, int], *,
-               step: int = 1, fmt: str = "rgb24", max_side: int | None = None) -> np.ndarray:
-    """Frames ``start, start + step, ... < end`` of a video, cropped, shrunk to at most
-    ``max_side`` pixels on the long side: uint8 ``T, H, W, C``."""
+               step: int = 1, fmt: str = "rgb24", max_side: int | None = None,
+               offsets: set[int] | None = None) -> np.ndarray:
+    """Frames ``start, start + step, ... < end`` (or ``start + o`` for ``o`` in ``offsets``)
+    of a video, cropped, shrunk to at most ``max_side`` pixels on the long side: uint8
+    ``T, H, W, C``."""
     frames = [_shrink(f, max_side) for _, f in iter_scene(path, start, end, crop, step=step,
-                                                          fmt=fmt)]
+                                                          fmt=fmt, offsets=offsets)]
     if not frames:
         raise CineforgeError(f"{path}: frames {start}..{end} are missing; re-ingest the file")
     return np.stack(frames)

@@ -7,15 +7,16 @@ causal VAE, discrete-time v-prediction sampling.
     vae_keys.py   diffusers VAE key map
     text.py       T5-v1.1-XXL as the release runs it (226 tokens, unmasked)
     pipeline.py   CogVideoX (text-to-video; DDIM or DPM, dynamic guidance)
+    i2v.py        CogVideoXI2V (CogVideoX-5B-I2V: image latents as extra DiT channels)
 
-This module holds the family object ``COGVIDEOX`` and its presets. The releases are diffusers
-folders (THUDM/CogVideoX-2b, -5b, CogVideoX1.5-5B: ``transformer/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``). Settings are the release's: size, frames
-and fps of the model cards (720x480, 49 frames at 8 fps; 1.5: 1360x768, 81 frames at 16 fps),
-50 steps, guidance 6; the scheduler config's SNR shift (``snr_shift_scale``: 2B 3.0, 5B and
-1.5 1.0) is the request's ``shift``; DDIM for 2B, the DPM solver with dynamic guidance for
-5B and 1.5 (the CogVideo repo's recommendation). VAE scaling factors: 2B 1.15258426, 5B and
-1.5 0.7.
+This module holds the family objects ``COGVIDEOX`` and ``COGVIDEOX_I2V`` and their presets.
+The releases are diffusers folders (THUDM/CogVideoX-2b, -5b, -5b-I2V, CogVideoX1.5-5B:
+``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``). Settings are
+the release's: size, frames and fps of the model cards (720x480, 49 frames at 8 fps; 1.5:
+1360x768, 81 frames at 16 fps), 50 steps, guidance 6; the scheduler config's SNR shift
+(``snr_shift_scale``: 2B 3.0, 5B, 5B-I2V and 1.5 1.0) is the request's ``shift``; DDIM for
+2B, the DPM solver with dynamic guidance for 5B, 5B-I2V and 1.5 (the CogVideo repo's
+recommendation). VAE scaling factors: 2B 1.15258426, 5B and 1.5 0.7.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from cineforge.families.cogvideox.dit import (
     COGVIDEOX1_5_5B,
     COGVIDEOX_2B,
     COGVIDEOX_5B,
+    COGVIDEOX_5B_I2V,
     COGVIDEOX_DIT_TINY,
     CogVideoXDiT,
 )
 from cineforge.families.cogvideox.dit_keys import COGVIDEOX_DIT_FROM_DIFFUSERS
+from cineforge.families.cogvideox.i2v import CogVideoXI2V
 from cineforge.families.cogvideox.pipeline import CogVideoX
 from cineforge.families.cogvideox.text import CogVideoXT5
 from cineforge.families.cogvideox.vae import COGVIDEOX_VAE, COGVIDEOX_VAE_TINY, CogVideoXVAE
@@ -89,6 +92,11 @@ COGVIDEOX = Family(
     text_encoder=T5_XXL,
 )
 
+COGVIDEOX_I2V = dataclasses.replace(
+    COGVIDEOX, name="cogvideox-i2v", pipeline=CogVideoXI2V,
+    tiny_dit=dataclasses.replace(COGVIDEOX_DIT_TINY, positions="rope", in_channels=32,
+                                 learned_positions=True))
+
 _VAE_5B = dataclasses.replace(COGVIDEOX_VAE, scaling_factor=0.7)
 
 COGVIDEOX_2B_PRESET = Preset(
@@ -124,6 +132,14 @@ COGVIDEOX1_5_5B_PRESET = dataclasses.replace(
     fps=16,
     hub_repo="THUDM/CogVideoX1.5-5B",
 )
+COGVIDEOX_5B_I2V_PRESET = dataclasses.replace(
+    COGVIDEOX_5B_PRESET,
+    name="cogvideox-5b-i2v",
+    summary="CogVideoX 5B image-to-video, 6 s at 720x480",
+    family=COGVIDEOX_I2V,
+    dit=COGVIDEOX_5B_I2V,
+    hub_repo="THUDM/CogVideoX-5b-I2V",
+)
 # The 2B architecture at toy size, random weights (tests; bring your own weights and a T5
 # of the tiny DiT's width in the weights folder's text_encoder/ and tokenizer/).
 COGVIDEOX_TINY_PRESET = dataclasses.replace(
@@ -140,5 +156,15 @@ COGVIDEOX_TINY_PRESET = dataclasses.replace(
     hub_repo=None,
 )
 
+# The I2V architecture at toy size: its learned positions fix 9 frames at 96x64.
+COGVIDEOX_I2V_TINY_PRESET = dataclasses.replace(
+    COGVIDEOX_TINY_PRESET,
+    name="cogvideox-i2v-tiny",
+    summary="CogVideoX I2V architecture at toy size (tests; bring your own weights)",
+    family=COGVIDEOX_I2V,
+    dit=COGVIDEOX_I2V.tiny_dit,
+    width=96,
+)
+
 PRESETS = (COGVIDEOX_2B_PRESET, COGVIDEOX_5B_PRESET, COGVIDEOX1_5_5B_PRESET,
-           COGVIDEOX_TINY_PRESET)
+           COGVIDEOX_5B_I2V_PRESET, COGVIDEOX_TINY_PRESET, COGVIDEOX_I2V_TINY_PRESET)

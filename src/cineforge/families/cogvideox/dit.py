@@ -134,6 +134,10 @@ COGVIDEOX_2B = CogVideoXDiTConfig(num_heads=30, num_layers=30)
 COGVIDEOX_5B = CogVideoXDiTConfig(num_heads=48, num_layers=42, positions="rope")
 COGVIDEOX1_5_5B = CogVideoXDiTConfig(num_heads=48, num_layers=42, positions="rope",
                                      patch_size=(2, 2, 2), sample_size=(21, 300, 300))
+# CogVideoX-5B-I2V: 5B with the image latents as 16 more input channels and learned
+# positions over [226 text; 13 x 30 x 45 video] tokens.
+COGVIDEOX_5B_I2V = CogVideoXDiTConfig(num_heads=48, num_layers=42, positions="rope",
+                                      in_channels=32, learned_positions=True)
 # Tiny: 2 heads x 16, 2 layers (tests, CI); rope variants by dataclasses.replace.
 COGVIDEOX_DIT_TINY = CogVideoXDiTConfig(
     num_heads=2, num_layers=2, head_dim=16, text_dim=32, text_len=16, time_dim=24,
@@ -308,10 +312,14 @@ class CogVideoXDiT(nn.Module):
         self.head = CogVideoXHead(c)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float,
-                text: torch.Tensor) -> torch.Tensor:
+                text: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x: B, C, T, H, W latents; timestep: (B,) or scalar in [0, 1000); text: B, L,
-        text_dim. Returns v, B, C_out, T, H, W, in x's dtype."""
+        text_dim; ``y``: image-to-video conditioning (B, in_channels - C, T, H, W: the image
+        latents, then zero frames), concatenated to x along channels.
+        Returns v, B, C_out, T, H, W, in x's dtype."""
         c = self.config
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
         grid = self._check_inputs(x, text)
         dtype = self.patch_embedding.weight.dtype
         timestep = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(x.shape[0])

@@ -157,7 +157,8 @@ class CogVideoX(FlowPipeline):
         fresh_noise: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
     ) -> Iterator[SolverStep]:
         """Yield every step of ``solver`` from ``noise`` (float32 latents, B, C, T, H, W);
-        the DiT sees ``dit(x, timestep, text)``, guided by ``uncond`` (None: no guidance).
+        the DiT sees ``dit(x, timestep, text)`` (and ``y=cond["y"]`` when present:
+        image-to-video), guided by ``uncond`` (None: no guidance).
         ``guidance_until``: share of the steps (the first ones) run with guidance; ``cache``
         wraps the guided prediction; ``fresh_noise(shape)``: the DPM solver's draws, in
         diffusers' layout (B, T, C, H, W). The padding frames are dropped from each yielded
@@ -175,10 +176,13 @@ class CogVideoX(FlowPipeline):
             text = cond["text"].to(device, self.dtype)
             if guided:
                 text = torch.cat([text, uncond["text"].to(device, self.dtype)])
+            y = cond.get("y")  # image-to-video: the same conditioning for both branches
+            y = None if y is None else y.to(device, self.dtype)
 
             def model(x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+                extra = {} if y is None else {"y": y.repeat(len(x) // len(y), 1, 1, 1, 1)}
                 with torch.no_grad():
-                    return dit(x.to(self.dtype), t, states).float()
+                    return dit(x.to(self.dtype), t, states, **extra).float()
 
             def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 timestep = float(t[0])

@@ -85,15 +85,16 @@ DEMO = Preset(
     embedded="demo",
 )
 
-# The demo distilled to 4 steps without guidance (configs/demo/flash.yaml: LADD from the demo's
-# DiT, train.distill); the same VAE and text encoder. The flash solver re-noises every step at
-# the times the student was trained on (sampling.flash_schedule(4, 2.0)).
+# The demo distilled to 4 steps without guidance: the sampler settings its student is trained
+# for (configs/demo/flash.yaml, train.distill: the flash solver re-noises every step at
+# sampling.flash_schedule(4, 2.0)); the same VAE and text encoder. Its weights are what that
+# stage exports (--weights DIR); none ship yet.
 DEMO_FLASH = dataclasses.replace(
     DEMO, name="demo-flash",
-    summary="the demo distilled to 4 steps, no guidance (~10x faster; runs on a CPU)",
+    summary="the demo distilled to 4 steps, no guidance (weights: configs/demo/flash.yaml)",
     sampler=SamplerDefaults(steps=4, guidance=1.0, shift=2.0, solver="flash",
                             frame_noise_share=0.5),
-    embedded="demo-flash",
+    embedded=None,
 )
 # The demo architecture at toy size, random weights (tests and CI; bring your own weights).
 DEMO_TINY = dataclasses.replace(

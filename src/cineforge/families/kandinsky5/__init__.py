@@ -5,14 +5,15 @@ and a CLIP pooled vector; the HunyuanVideo VAE for video, the FLUX VAE for image
     hunyuan_vae.py         HunyuanVAE (video), flux_vae.py FluxVAE (images)
     *_keys.py              official / diffusers key maps of each
     pipeline.py            Kandinsky5 (text-to-video; text-to-image with ``video=False``)
+    i2v.py                 Kandinsky5I2V (image-to-video: first frame, ``visual_cond`` mask)
 
-This module holds the two family objects (``KANDINSKY5`` video, ``KANDINSKY5_IMAGE``) and
-their presets. Sampler settings are the release's: steps and guidance from its
-configs/k5_*.yaml (model.num_steps, model.guidance_weight); shift from the config's
-metrics.scheduler_scale where it has one (10 s: 10, distilled 5 s: 5), else the release
-pipelines' defaults (Kandinsky5T2VPipeline: 10.0, Kandinsky5T2IPipeline: 3.0). Size: the
-pipelines' defaults (768x512 video, 1024x1024 image); frames: seconds * 24 + 1. Files: the
-release repo holds model/<dit_file>.safetensors; its code takes the VAE from vae_repo
+This module holds the three family objects (``KANDINSKY5`` video, ``KANDINSKY5_I2V``,
+``KANDINSKY5_IMAGE``) and their presets. Sampler settings are the release's: steps and
+guidance from its configs/k5_*.yaml (model.num_steps, model.guidance_weight); shift from the
+config's metrics.scheduler_scale where it has one (10 s: 10, distilled 5 s: 5), else the
+release pipelines' defaults (Kandinsky5T2VPipeline: 10.0, Kandinsky5T2IPipeline: 3.0). Size:
+the pipelines' defaults (768x512 video, 1024x1024 image); frames: seconds * 24 + 1. Files:
+the release repo holds model/<dit_file>.safetensors; its code takes the VAE from vae_repo
 (folder vae/, diffusers format) and the text encoders from text_repos.
 """
 
@@ -45,6 +46,7 @@ from cineforge.families.kandinsky5.flux_vae import FLUX_VAE, FLUX_VAE_TINY, Flux
 from cineforge.families.kandinsky5.flux_vae_keys import FLUX_VAE_FROM_DIFFUSERS
 from cineforge.families.kandinsky5.hunyuan_vae import HUNYUAN_VAE, HUNYUAN_VAE_TINY, HunyuanVAE
 from cineforge.families.kandinsky5.hunyuan_vae_keys import HUNYUAN_VAE_FROM_DIFFUSERS
+from cineforge.families.kandinsky5.i2v import Kandinsky5I2V
 from cineforge.families.kandinsky5.pipeline import Kandinsky5
 from cineforge.models.text_encoders import K5_IMAGE_TEMPLATE, K5_VIDEO_TEMPLATE, PromptTemplate
 
@@ -117,6 +119,8 @@ KANDINSKY5 = Family(
     text_encoder=QWEN_VIDEO,
     pipeline_options={"video": True},
 )
+KANDINSKY5_I2V = dataclasses.replace(KANDINSKY5, name="kandinsky5-i2v", pipeline=Kandinsky5I2V,
+                                     tiny_dit=dataclasses.replace(K5_DIT_TINY, visual_cond=True))
 KANDINSKY5_IMAGE = Family(
     name="kandinsky5-image",
     dit_class=Kandinsky5DiT,
@@ -198,6 +202,19 @@ K5_T2V_PRO_10S = _variant(  # diffusers lists no Pro 10 s conversion
     "Kandinsky 5.0 Video Pro, SFT, 10 s (NABLA attention)", frames=241,
     dit=dataclasses.replace(K5_DIT_VIDEO_PRO, attention="nabla"), diffusers_repo=None)
 
+# Image-to-video (configs/k5_lite_i2v_5s_sft_sd.yaml, k5_pro_i2v_5s_sft_sd.yaml): the T2V
+# sizes and settings (50 steps, guidance 5, scheduler_scale 10, 512 px "sd" RoPE scale).
+K5_I2V_LITE = dataclasses.replace(
+    K5_T2V_LITE, name="kandinsky5-i2v-lite", family=KANDINSKY5_I2V,
+    summary="Kandinsky 5.0 Video Lite 2B image-to-video, 5 s at 512 px",
+    hub_repo=K5_HUB + "I2V-Lite-5s", diffusers_repo=K5_HUB + "I2V-Lite-5s-Diffusers",
+    dit_file="kandinsky5lite_i2v_5s")
+K5_I2V_PRO = dataclasses.replace(
+    K5_I2V_LITE, name="kandinsky5-i2v-pro", dit=K5_DIT_VIDEO_PRO,
+    summary="Kandinsky 5.0 Video Pro 19B image-to-video, SFT, 5 s at 512 px",
+    hub_repo=K5_HUB + "I2V-Pro-sft-5s", diffusers_repo=K5_HUB + "I2V-Pro-sft-5s-Diffusers",
+    dit_file="kandinsky5pro_i2v_sft_5s")
+
 K5_T2I_LITE = dataclasses.replace(
     K5_T2V_LITE,
     name="kandinsky5-t2i-lite",
@@ -226,6 +243,10 @@ K5_T2V_TINY = dataclasses.replace(
     text_encoder=dataclasses.replace(QWEN_VIDEO, dim=K5_DIT_TINY.text_dim,
                                      pooled_dim=K5_DIT_TINY.pooled_dim),
     width=64, height=64, frames=9, dit_file="kandinsky5_tiny", **_TINY_TEXT)
+K5_I2V_TINY = dataclasses.replace(
+    K5_T2V_TINY, name="kandinsky5-i2v-tiny", family=KANDINSKY5_I2V,
+    dit=KANDINSKY5_I2V.tiny_dit,
+    summary="Kandinsky 5 image-to-video architecture at toy size (tests; bring your own weights)")
 K5_T2I_TINY = dataclasses.replace(
     K5_T2V_TINY, name="kandinsky5-t2i-tiny", family=KANDINSKY5_IMAGE, vae=FLUX_VAE_TINY,
     summary="Kandinsky 5 image architecture at toy size (tests; bring your own weights)",
@@ -234,5 +255,6 @@ K5_T2I_TINY = dataclasses.replace(
 
 PRESETS = (
     K5_T2V_LITE, K5_T2V_LITE_10S, K5_T2V_LITE_NOCFG, K5_T2V_LITE_NOCFG_10S, K5_T2V_LITE_DISTILL,
-    K5_T2V_LITE_DISTILL_10S, K5_T2V_PRO, K5_T2V_PRO_10S, K5_T2I_LITE, K5_T2V_TINY, K5_T2I_TINY,
+    K5_T2V_LITE_DISTILL_10S, K5_T2V_PRO, K5_T2V_PRO_10S, K5_I2V_LITE, K5_I2V_PRO, K5_T2I_LITE,
+    K5_T2V_TINY, K5_I2V_TINY, K5_T2I_TINY,
 )

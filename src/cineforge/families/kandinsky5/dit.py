@@ -372,16 +372,24 @@ class Kandinsky5DiT(nn.Module):
         *,
         text_mask: torch.Tensor | None = None,
         rope_scale: tuple[float, float, float] | None = None,
+        first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: B, C, T, H, W latents; t: (B,) or scalar flow time; text: B, L, text_dim
         (Qwen2.5-VL states); pooled: B, pooled_dim (CLIP); visual_cond: B, C + 1, T, H, W
         (condition latent, then mask), zeros if None, only for ``visual_cond`` models;
         text_mask: B, L boolean (True = token, padding on the right); rope_scale overrides
-        ``config.rope_scale`` (it depends on the resolution).
+        ``config.rope_scale`` (it depends on the resolution); ``first``: B, C, 1, H, W
+        latents of a first frame (image-to-video): they replace frame 0 of x, and unless
+        ``visual_cond`` is given the mask is 1 on frame 0 (the condition latent stays zero).
 
         Returns the velocity, B, C_out, T, H, W, in x's dtype.
         """
         c = self.config
+        if first is not None:
+            x = torch.cat([first.to(x.dtype), x[:, :, 1:]], dim=2)
+            if visual_cond is None and c.visual_cond:
+                visual_cond = x.new_zeros(x.shape[0], x.shape[1] + 1, *x.shape[2:])
+                visual_cond[:, -1, 0] = 1
         t = torch.as_tensor(t, device=x.device)
         grid = self._check_inputs(x, t, text, pooled, visual_cond, text_mask)
         dtype = self.visual_embeddings.in_layer.weight.dtype

@@ -6,6 +6,15 @@
     vae_keys.py   official / diffusers VAE key maps
     pipeline.py   TextToVideo (text-to-video, text-to-image, video-to-video)
 
+Image-to-video and Wan 2.2 A14B, each with its own family module:
+
+    i2v.py            ImageToVideo (mask + first-frame latents, CLIP states)
+    i2v_keys.py       official / diffusers key maps of the I2V DiT's image path
+    image_encoder.py  CLIP ViT-H/14 image states (Wan 2.1 I2V)
+    i2v_family.py     family WAN21_I2V, presets wan2.1-i2v-14b-480p / -720p
+    experts.py        WanExperts: high- and low-noise DiTs switched at a boundary
+    a14b.py           families and presets of Wan 2.2 T2V / I2V A14B
+
 This module holds the family object ``WAN21`` and its presets.
 """
 

@@ -28,6 +28,18 @@ self-attention is block-sparse, cross-attention is dense SDPA; ``forward_packed`
 With the local/global backend (``models.local_global``) self-attention is local in even blocks
 and global in odd ones, in ``forward`` and, item by item, in ``forward_packed``.
 
+Image-to-video (Wan 2.1 I2V, ``image_dim`` set) adds two things, as the release's
+``WanI2VCrossAttention`` and ``MLPProj``: the CLIP image states (B, ``image_tokens``,
+``image_dim``; ViT-H/14's penultimate layer, 257 tokens) go through ``img_emb`` (LayerNorm,
+Linear, GELU, Linear, LayerNorm) and every cross-attention adds a second attention of the
+same queries over them, with its own keys and values (``k_img``, ``v_img``, RMS-normed keys):
+
+    CrossAttn(x) = o(Attn(q, k(text), v(text)) + Attn(q, norm_k_img(k_img(img)), v_img(img)))
+
+The image conditioning ``y`` (mask and encoded first frame, B, in_channels - C, T, H, W) is
+concatenated to the latents along channels before the patch embedding (Wan 2.1 I2V and
+Wan 2.2 A14B I2V: 16 + 4 + 16 = 36 channels).
+
 ``extra_terms`` is the one hook for models built on this one (the demo family adds learned
 positions and a pooled caption through it); Wan itself adds nothing.
 
@@ -88,6 +100,8 @@ class WanDiTConfig:
     timestep_scale: float = 1000.0
     rope_theta: float = 10000.0
     attention: str = "sdpa"
+    image_dim: int | None = None  # image-to-video: CLIP state width (None: no image attention)
+    image_tokens: int = 257  # CLIP tokens per image (ViT-H/14 at 224: 16 x 16 + 1)
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim",
@@ -104,6 +118,8 @@ class WanDiTConfig:
             raise ValueError(f"freq_dim must be even, got {self.freq_dim}")
         if self.eps <= 0 or self.timestep_scale <= 0 or self.rope_theta <= 0:
             raise ValueError("eps, timestep_scale and rope_theta must be positive")
+        if self.image_dim is not None and min(self.image_dim, self.image_tokens) <= 0:
+            raise ValueError("image_dim and image_tokens must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -157,6 +173,49 @@ class WanAttention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))
 
 
+class WanImageCrossAttention(WanAttention):
+    """Cross-attention over text and, with their own keys and values, CLIP image states:
+    ``context`` is the image tokens (``image_tokens`` of them) followed by the text's."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, attention: AttentionFn,
+                 image_tokens: int):
+        super().__init__(dim, num_heads, eps, attention)
+        self.image_tokens = image_tokens
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_k_img = FP32RMSNorm(dim, eps=eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        cis: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        image, text = context[:, : self.image_tokens], context[:, self.image_tokens :]
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads).transpose(1, 2)  # B, H, L, D
+        k = self.norm_k(self.k(text)).unflatten(-1, heads).transpose(1, 2)
+        v = self.v(text).unflatten(-1, heads).transpose(1, 2)
+        k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, heads).transpose(1, 2)
+        v_img = self.v_img(image).unflatten(-1, heads).transpose(1, 2)
+        out = self.attention(q, k, v, mask=mask) + self.attention(q, k_img, v_img, mask=None)
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class WanImageProjection(nn.Module):
+    """CLIP states -> the DiT's width: LayerNorm, Linear, GELU, Linear, LayerNorm."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(image_dim), nn.Linear(image_dim, image_dim), nn.GELU(),
+            nn.Linear(image_dim, dim), nn.LayerNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
 class WanBlock(nn.Module):
     def __init__(self, config: WanDiTConfig, attention: AttentionFn):
         super().__init__()
@@ -165,7 +224,9 @@ class WanBlock(nn.Module):
         self.self_attn = WanAttention(dim, config.num_heads, eps, attention)
         self.norm3 = FP32LayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
         cross = get_attention_backend("sdpa") if uses_tile_order(attention) else attention
-        self.cross_attn = WanAttention(dim, config.num_heads, eps, cross)
+        self.cross_attn = (
+            WanAttention(dim, config.num_heads, eps, cross) if config.image_dim is None
+            else WanImageCrossAttention(dim, config.num_heads, eps, cross, config.image_tokens))
         self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(
             nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
@@ -234,15 +295,22 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
         self.blocks = nn.ModuleList(WanBlock(c, attention) for _ in range(c.num_layers))
         self.head = WanHead(c)
+        if c.image_dim is not None:  # built last: the official file's order does not matter
+            self.img_emb = WanImageProjection(c.image_dim, c.dim)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
+        y: torch.Tensor | None = None, clip: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: B, C, T, H, W latents; t: (B,) or scalar flow time; context: B, L, text_dim.
+        """x: B, C, T, H, W latents; t: (B,) or scalar flow time; context: B, L, text_dim;
+        image-to-video: ``y`` (B, in_channels - C, T, H, W: mask and first-frame latents,
+        concatenated to x) and ``clip`` (B, image_tokens, image_dim; with ``image_dim``).
 
         Returns the velocity, B, C_out, T, H, W, in x's dtype.
         """
-        tokens, s = self._enter(x, t, context)
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        tokens, s = self._enter(x, t, context, clip)
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, s.e0[:, None], s.context, s.cis, s.layout.mask_of(i))
         tokens = s.layout.to_raster(tokens)
@@ -278,7 +346,8 @@ class WanDiT(nn.Module):
             out = self.head(tokens, s.e[:, None])
         return self.unpatchify(out, s.grid).to(x.dtype)
 
-    def _enter(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor):
+    def _enter(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
+               clip: torch.Tensor | None = None):
         """Patch tokens (in the attention backend's order) and what every block needs."""
         c = self.config
         t = torch.as_tensor(t, device=x.device)
@@ -289,6 +358,13 @@ class WanDiT(nn.Module):
         token_term, time_term = self.extra_terms([grid], context)
         tokens = self._patchify(x) + token_term
         context = self.text_embedding(context.to(dtype))
+        if c.image_dim is not None:
+            want = (x.shape[0], c.image_tokens, c.image_dim)
+            if clip is None or tuple(clip.shape) != want:
+                got = None if clip is None else tuple(clip.shape)
+                raise CineforgeError(f"this image-to-video DiT needs CLIP image states {want}, "
+                                     f"got {got}")
+            context = torch.cat([self.img_emb(clip.to(dtype)), context], dim=1)
         e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), time_term)
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
         tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
@@ -304,6 +380,9 @@ class WanDiT(nn.Module):
         on the padded context exactly). Returns N velocities C_out, T_i, H_i, W_i.
         """
         c = self.config
+        if c.image_dim is not None:
+            raise CineforgeError("forward_packed does not take CLIP image states; train an "
+                                 "image-to-video DiT with forward")
         if uses_tile_order(self.attention_backend):
             raise CineforgeError(
                 f"forward_packed does not support the NABLA attention backend {c.attention!r}; "

@@ -214,13 +214,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double H and W (nearest, then a 3x3 conv per frame that halves the channels).
+    """Double H and W (nearest, then a 3x3 conv per frame that halves the channels, or
+    maps them to ``out_dim``).
 
     If ``temporal``, first double the frames: a causal conv over time gives two output
     frames per input frame, except for the stream's first frame, which stays one.
     """
 
-    def __init__(self, dim: int, *, temporal: bool) -> None:
+    def __init__(self, dim: int, *, temporal: bool, out_dim: int | None = None) -> None:
         super().__init__()
         self.time_conv = (
             CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0)) if temporal else None
@@ -232,7 +233,7 @@ class Upsample(nn.Module):
                 self.time_conv.weight[:dim, :, 2, 0, 0] = eye
                 self.time_conv.weight[dim:, :, 2, 0, 0] = eye
                 self.time_conv.bias.zero_()
-        self.conv = nn.Conv2d(dim, dim // 2, 3, padding=1)
+        self.conv = nn.Conv2d(dim, dim // 2 if out_dim is None else out_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         if self.time_conv is not None and not cache.first_chunk:

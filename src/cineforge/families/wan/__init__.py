@@ -42,6 +42,7 @@ from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM
 from cineforge.families.wan.pipeline import TextToVideo
 from cineforge.families.wan.vae import WAN_VAE_2_1, WAN_VAE_TINY, WanVAE
 from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS, WAN_VAE_FROM_OFFICIAL
+from cineforge.weights.keymap import KeyMap
 
 
 def _load_umt5(preset: Preset, folder: Path | None, layout: str | None, dtype: torch.dtype):
@@ -55,25 +56,35 @@ def _load_umt5(preset: Preset, folder: Path | None, layout: str | None, dtype: t
 
 UMT5_XXL = TextEncoderSpec("umt5-xxl", 4096, _load_umt5)
 
+def dit_files(diffusers: KeyMap, official: KeyMap) -> tuple[WeightFile, WeightFile]:
+    """A single Wan DiT's files: ``transformer/`` of a diffusers folder, the top level of an
+    official one."""
+    return (WeightFile("transformer", "diffusion_pytorch_model", diffusers),
+            WeightFile("", "diffusion_pytorch_model", official))
+
+
+def wan_layouts(
+    dit_diffusers: WeightFile, dit_official: WeightFile, *, vae_file: str = "Wan2.1_VAE.pth",
+    vae_diffusers: KeyMap = WAN_VAE_FROM_DIFFUSERS, vae_official: KeyMap = WAN_VAE_FROM_OFFICIAL,
+) -> dict[str, Layout]:
+    """The three folder layouts every Wan family reads (cineforge, diffusers, official, the
+    official one marked by its VAE file), with the family's DiT files and VAE key maps."""
+    return {
+        "cineforge": CINEFORGE_LAYOUT,
+        "diffusers": Layout("model_index.json", dit=dit_diffusers,
+                            vae=WeightFile("vae", "diffusion_pytorch_model", vae_diffusers)),
+        "official": Layout(vae_file, dit=dit_official,
+                           vae=WeightFile("", vae_file, vae_official)),
+    }
+
+
 WAN21 = Family(
     name="wan2.1",
     dit_class=WanDiT,
     vae_class=WanVAE,
     tiny_dit=WAN_DIT_TINY,
     tiny_vae=WAN_VAE_TINY,
-    layouts={
-        "cineforge": CINEFORGE_LAYOUT,
-        "diffusers": Layout(
-            "model_index.json",
-            dit=WeightFile("transformer", "diffusion_pytorch_model", WAN_DIT_FROM_DIFFUSERS),
-            vae=WeightFile("vae", "diffusion_pytorch_model", WAN_VAE_FROM_DIFFUSERS),
-        ),
-        "official": Layout(
-            "Wan2.1_VAE.pth",
-            dit=WeightFile("", "diffusion_pytorch_model", WAN_DIT_FROM_OFFICIAL),
-            vae=WeightFile("", "Wan2.1_VAE.pth", WAN_VAE_FROM_OFFICIAL),
-        ),
-    },
+    layouts=wan_layouts(*dit_files(WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL)),
     pipeline=TextToVideo,
     text_encoder=UMT5_XXL,
 )

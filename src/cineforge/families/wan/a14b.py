@@ -24,14 +24,11 @@ from typing import Any
 import torch
 
 from cineforge.families.family import (
-    CINEFORGE_LAYOUT,
     MINILM,
     Family,
-    Layout,
     SamplerDefaults,
-    WeightFile,
 )
-from cineforge.families.wan import UMT5_XXL, WAN21_T2V_14B, WAN_NEGATIVE
+from cineforge.families.wan import UMT5_XXL, WAN21_T2V_14B, WAN_NEGATIVE, wan_layouts
 from cineforge.families.wan.dit import WAN_DIT_14B, WAN_DIT_TINY
 from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL
 from cineforge.families.wan.experts import (
@@ -44,7 +41,6 @@ from cineforge.families.wan.experts import (
 from cineforge.families.wan.i2v import ImageToVideo
 from cineforge.families.wan.pipeline import TextToVideo
 from cineforge.families.wan.vae import WAN_VAE_TINY, WanVAE
-from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS, WAN_VAE_FROM_OFFICIAL
 from cineforge.pipelines.common import Conditioning, VideoRequest, _to
 from cineforge.sampling import SolverStep, Velocity, get_solver, guided_velocity, solver_steps
 from cineforge.sampling.guidance import batchable
@@ -117,17 +113,6 @@ class ImageToVideoA14B(TwoExperts, ImageToVideo):
     """Wan 2.2 I2V A14B: image-to-video with two experts (no CLIP image path)."""
 
 
-def _layouts(official: WeightFile, diffusers: WeightFile) -> dict[str, Layout]:
-    return {
-        "cineforge": CINEFORGE_LAYOUT,
-        "diffusers": Layout("model_index.json", dit=diffusers,
-                            vae=WeightFile("vae", "diffusion_pytorch_model",
-                                           WAN_VAE_FROM_DIFFUSERS)),
-        "official": Layout("Wan2.1_VAE.pth", dit=official,
-                           vae=WeightFile("", "Wan2.1_VAE.pth", WAN_VAE_FROM_OFFICIAL)),
-    }
-
-
 WAN_EXPERTS_FROM_OFFICIAL = experts_keymap(WAN_DIT_FROM_OFFICIAL)
 WAN_EXPERTS_FROM_DIFFUSERS = experts_keymap(WAN_DIT_FROM_DIFFUSERS)
 _OFFICIAL = ExpertFiles("", "diffusion_pytorch_model", WAN_EXPERTS_FROM_OFFICIAL,
@@ -142,7 +127,7 @@ WAN_EXPERTS_TINY = WanExpertsConfig(**dataclasses.asdict(WAN_DIT_TINY), boundary
 
 def _family(name: str, tiny: WanExpertsConfig, pipeline: type) -> Family:
     return Family(name=name, dit_class=WanExperts, vae_class=WanVAE, tiny_dit=tiny,
-                  tiny_vae=WAN_VAE_TINY, layouts=_layouts(_OFFICIAL, _DIFFUSERS),
+                  tiny_vae=WAN_VAE_TINY, layouts=wan_layouts(_DIFFUSERS, _OFFICIAL),
                   pipeline=pipeline, text_encoder=UMT5_XXL)
 
 

@@ -16,21 +16,23 @@ from pathlib import Path
 import torch
 
 from cineforge.families.family import (
-    CINEFORGE_LAYOUT,
     MINILM,
     Family,
-    Layout,
     Preset,
     SamplerDefaults,
-    WeightFile,
 )
-from cineforge.families.wan import UMT5_XXL, WAN21_T2V_14B, WAN_NEGATIVE
+from cineforge.families.wan import (
+    UMT5_XXL,
+    WAN21_T2V_14B,
+    WAN_NEGATIVE,
+    dit_files,
+    wan_layouts,
+)
 from cineforge.families.wan.dit import WAN_DIT_14B, WAN_DIT_TINY, WanDiT
 from cineforge.families.wan.i2v import ImageToVideo
 from cineforge.families.wan.i2v_keys import WAN_I2V_DIT_FROM_DIFFUSERS, WAN_I2V_DIT_FROM_OFFICIAL
 from cineforge.families.wan.image_encoder import load_image_encoder
 from cineforge.families.wan.vae import WAN_VAE_TINY, WanVAE
-from cineforge.families.wan.vae_keys import WAN_VAE_FROM_DIFFUSERS, WAN_VAE_FROM_OFFICIAL
 
 WAN_DIT_I2V_14B = dataclasses.replace(WAN_DIT_14B, in_channels=36, image_dim=1280)
 # Tiny: the T2V tiny DiT with 36 input channels and a 24-wide CLIP of 17 tokens
@@ -49,19 +51,7 @@ WAN21_I2V = Family(
     vae_class=WanVAE,
     tiny_dit=WAN_DIT_I2V_TINY,
     tiny_vae=WAN_VAE_TINY,
-    layouts={
-        "cineforge": CINEFORGE_LAYOUT,
-        "diffusers": Layout(
-            "model_index.json",
-            dit=WeightFile("transformer", "diffusion_pytorch_model", WAN_I2V_DIT_FROM_DIFFUSERS),
-            vae=WeightFile("vae", "diffusion_pytorch_model", WAN_VAE_FROM_DIFFUSERS),
-        ),
-        "official": Layout(
-            "Wan2.1_VAE.pth",
-            dit=WeightFile("", "diffusion_pytorch_model", WAN_I2V_DIT_FROM_OFFICIAL),
-            vae=WeightFile("", "Wan2.1_VAE.pth", WAN_VAE_FROM_OFFICIAL),
-        ),
-    },
+    layouts=wan_layouts(*dit_files(WAN_I2V_DIT_FROM_DIFFUSERS, WAN_I2V_DIT_FROM_OFFICIAL)),
     pipeline=ImageToVideo,
     text_encoder=UMT5_XXL,
     image_encoder=_load_clip,

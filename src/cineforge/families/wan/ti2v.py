@@ -16,15 +16,12 @@ from __future__ import annotations
 import dataclasses
 
 from cineforge.families.family import (
-    CINEFORGE_LAYOUT,
     MINILM,
     Family,
-    Layout,
     Preset,
     SamplerDefaults,
-    WeightFile,
 )
-from cineforge.families.wan import UMT5_XXL, WAN_NEGATIVE
+from cineforge.families.wan import UMT5_XXL, WAN_NEGATIVE, dit_files, wan_layouts
 from cineforge.families.wan.dit import WanDiTConfig
 from cineforge.families.wan.dit_keys import WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL
 from cineforge.families.wan.ti2v_dit import WanTI2VDiT
@@ -48,19 +45,9 @@ WAN22_TI2V = Family(
     vae_class=Wan22VAE,
     tiny_dit=WAN_DIT_TI2V_TINY,
     tiny_vae=WAN_VAE_2_2_TINY,
-    layouts={
-        "cineforge": CINEFORGE_LAYOUT,
-        "diffusers": Layout(
-            "model_index.json",
-            dit=WeightFile("transformer", "diffusion_pytorch_model", WAN_DIT_FROM_DIFFUSERS),
-            vae=WeightFile("vae", "diffusion_pytorch_model", WAN22_VAE_FROM_DIFFUSERS),
-        ),
-        "official": Layout(
-            "Wan2.2_VAE.pth",
-            dit=WeightFile("", "diffusion_pytorch_model", WAN_DIT_FROM_OFFICIAL),
-            vae=WeightFile("", "Wan2.2_VAE.pth", WAN22_VAE_FROM_OFFICIAL),
-        ),
-    },
+    layouts=wan_layouts(*dit_files(WAN_DIT_FROM_DIFFUSERS, WAN_DIT_FROM_OFFICIAL),
+                        vae_file="Wan2.2_VAE.pth", vae_diffusers=WAN22_VAE_FROM_DIFFUSERS,
+                        vae_official=WAN22_VAE_FROM_OFFICIAL),
     pipeline=TextImageToVideo,
     text_encoder=UMT5_XXL,
 )

@@ -83,6 +83,12 @@ def _edge_sharpness(y: np.ndarray) -> float | None:
     return float(np.median(mag[edges] / contrast[edges]))
 
 
+def _frame_mean(measure, frames: np.ndarray) -> float | None:
+    """Mean of ``measure`` over the frames' luma where it gives a value, else None."""
+    values = [v for v in map(measure, luma(frames)) if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 @dataclass(frozen=True)
 class BlurFilter:
     min_sharpness: float = 0.3
@@ -90,10 +96,9 @@ class BlurFilter:
     cost: float = 2.0
 
     def __call__(self, frames: np.ndarray) -> tuple[dict[str, float], bool]:
-        values = [v for v in map(_edge_sharpness, luma(frames)) if v is not None]
-        if not values:  # no edges at all: nothing to judge (flat scenes fail other filters)
+        sharpness = _frame_mean(_edge_sharpness, frames)
+        if sharpness is None:  # no edges at all: nothing to judge (flat scenes fail others)
             return {}, True
-        sharpness = float(np.mean(values))
         return {"sharpness": sharpness}, sharpness >= self.min_sharpness
 
     @property
@@ -174,10 +179,9 @@ class SharpnessFilter:
     cost: float = 2.0
 
     def __call__(self, frames: np.ndarray) -> tuple[dict[str, float], bool]:
-        values = [v for v in map(cpbd, luma(frames)) if v is not None]
-        if not values:  # no edges at all: nothing to judge (flat scenes fail other filters)
+        value = _frame_mean(cpbd, frames)
+        if value is None:  # no edges at all: nothing to judge (flat scenes fail others)
             return {}, True
-        value = float(np.mean(values))
         return {"cpbd": value}, value >= self.min_cpbd
 
     @property

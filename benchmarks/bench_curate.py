@@ -56,6 +56,25 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def stage_times(db: str, engine, folder: Path) -> list[tuple[str, int, float, float]]:
+    """``(stage, items done, wall s, CPU s)`` of probing ``folder`` into the catalog and then
+    each stage (split, dedup, filters) run alone by one worker."""
+    sessions = session_factory(engine)
+    config = CurateConfig()
+    report, wall, cpu = timed(lambda: ingest(engine, [folder]))
+    rows = [("probe", report.added, wall, cpu)]
+    for stage in ("split", "dedup", "filters"):
+        _, wall, cpu = timed(lambda s=stage: work(db, config, WorkOptions(stages=(s,))))
+        with sessions() as session:
+            if stage == "split":
+                n = session.execute(select(func.count()).select_from(Scene)).scalar_one()
+            else:
+                n = session.execute(select(func.count()).where(
+                    Task.stage == stage, Task.state == "done")).scalar_one()
+        rows.append((stage, n, wall, cpu))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sources", type=int, default=6)
@@ -69,20 +88,7 @@ def main() -> None:
         write_sources(folder, args.sources, args.clips, args.size)
         db = args.db or str(folder / "bench.db")
         engine = open_catalog(db)
-        sessions = session_factory(engine)
-        config = CurateConfig()
-        rows = []
-        report, wall, cpu = timed(lambda: ingest(engine, [folder]))
-        rows.append(("probe", report.added, wall, cpu))
-        for stage in ("split", "dedup", "filters"):
-            _, wall, cpu = timed(lambda s=stage: work(db, config, WorkOptions(stages=(s,))))
-            with sessions() as session:
-                if stage == "split":
-                    n = session.execute(select(func.count()).select_from(Scene)).scalar_one()
-                else:
-                    n = session.execute(select(func.count()).where(
-                        Task.stage == stage, Task.state == "done")).scalar_one()
-            rows.append((stage, n, wall, cpu))
+        rows = stage_times(db, engine, folder)
         engine.dispose()
 
     print(f"{args.sources} sources x {args.clips} clips of 3 s, {args.size}x{args.size} "

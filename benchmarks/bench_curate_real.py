@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from cineforge.data.curate.catalog import Scene, Source, Task, open_catalog, session_factory
+from cineforge.data.curate.catalog import Scene, Source, open_catalog, session_factory
 from cineforge.data.curate.filters import (
     BlurFilter,
     EdgeTextFilter,
@@ -35,11 +35,11 @@ from cineforge.data.curate.filters import (
     TextFilter,
 )
 from cineforge.data.curate.framehash import frame_hashes, frame_indices
-from cineforge.data.curate.ingest import ingest
 from cineforge.data.curate.phash import scene_phash
-from cineforge.data.curate.runner import WorkOptions, work
 from cineforge.data.curate.scenes import read_scene
-from cineforge.data.curate.stages import CurateConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_curate import stage_times, timed  # noqa: E402
 
 NAMES = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
 
@@ -71,12 +71,6 @@ def save(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
         container.mux(stream.encode())
 
 
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
 def write_corpus(folder: Path, size: int) -> None:
     data = clip_folder()
     for name in NAMES:
@@ -98,19 +92,7 @@ def write_corpus(folder: Path, size: int) -> None:
 def stages(db: str, folder: Path) -> None:
     engine = open_catalog(db)
     sessions = session_factory(engine)
-    config = CurateConfig()
-    rows = []
-    report, wall, cpu = timed(lambda: ingest(engine, [folder]))
-    rows.append(("probe", report.added, wall, cpu))
-    for stage in ("split", "dedup", "filters"):
-        _, wall, cpu = timed(lambda s=stage: work(db, config, WorkOptions(stages=(s,))))
-        with sessions() as session:
-            if stage == "split":
-                n = session.execute(select(func.count()).select_from(Scene)).scalar_one()
-            else:
-                n = session.execute(select(func.count()).where(
-                    Task.stage == stage, Task.state == "done")).scalar_one()
-        rows.append((stage, n, wall, cpu))
+    rows = stage_times(db, engine, folder)
     print("Part 1: stages on the real corpus (one worker)")
     print(f"{'stage':<9}{'items':>7}{'wall s':>8}{'cpu s':>7}{'items/cpu-s':>13}")
     for stage, n, wall, cpu in rows:

@@ -57,9 +57,8 @@ def test_i2v_matches_diffusers(monkeypatch):
     load_strict(our_vae, COGVIDEOX_VAE_FROM_DIFFUSERS.convert(vae.state_dict()))
     pipe = CogVideoXI2V(Components(dit.eval(), our_vae.eval(),
                                    CogVideoXT5(t5, tok, max_length=TINY.text_len)))
-    encode = pipe.first_frame  # diffusers draws the image latent first from its generator
-    monkeypatch.setattr(pipe, "first_frame", lambda image, generator: encode(
-        image, torch.Generator().manual_seed(7)))
+    # diffusers draws the image latent first from its generator
+    monkeypatch.setattr(pipe, "first_frame_generator", lambda r: torch.Generator().manual_seed(7))
     r = VideoRequest(prompt=PROMPT, width=96, height=64, frames=9, steps=3, guidance=6.0,
                      shift=1.0, solver="ddim", seed=7, image=image)
     cond, uncond = pipe.conditions([PROMPT], r)

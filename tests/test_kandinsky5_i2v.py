@@ -75,8 +75,7 @@ def test_i2v_matches_diffusers(monkeypatch):
     # diffusers draws the noise, then the image's posterior sample, from one generator
     g = torch.Generator().manual_seed(7)
     torch.randn(1, 3, 8, 8, 16, generator=g)
-    encode = pipe.first_frame
-    monkeypatch.setattr(pipe, "first_frame", lambda image, generator: encode(image, g))
+    monkeypatch.setattr(pipe, "first_frame_generator", lambda r: g)
     r = VideoRequest(prompt=PROMPT, negative=NEGATIVE, width=64, height=64, frames=9, steps=3,
                      guidance=5.0, shift=5.0, solver="euler", seed=7, image=image)
     ours = ((pipe(r) + 1) / 2).permute(0, 2, 1, 3, 4)

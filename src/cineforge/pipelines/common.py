@@ -179,6 +179,13 @@ def _image_tensor(image: torch.Tensor) -> torch.Tensor:
                          fields=("image",))
 
 
+def require_image(r: VideoRequest) -> None:
+    """An image-to-video preset's check: the request gives its first frame."""
+    if r.image is None:
+        raise CineforgeError("this preset is image-to-video: give the first frame as "
+                             "{image}", fields=("image",))
+
+
 def prepare_image(image: Any, width: int, height: int) -> tuple[torch.Tensor, str | None]:
     """The first frame at ``width`` x ``height``: ``(1, 3, H, W float32 in [-1, 1], note)``.
 
@@ -392,6 +399,22 @@ class FlowPipeline:
         """Keyword arguments of ``sample`` a family adds from the request (two-expert models:
         the second expert's guidance); none by default."""
         return {}
+
+    def sampled_first_frame(self, r: VideoRequest) -> torch.Tensor:
+        """Latents (1, C, 1, h, w) of ``r.image`` (scaled and centre-cropped to the request's
+        size) as a posterior draw of the VAE from ``first_frame_generator(r)`` (the
+        image-to-video releases that sample it, not its mean)."""
+        frame, _ = prepare_image(r.image, r.width, r.height)
+        with self.placement.use(self.vae) as vae, torch.no_grad():
+            video = frame[:, :, None].to(next(vae.parameters()).device, torch.float32)
+            return vae.encode(video, sample=True,
+                              generator=self.first_frame_generator(r)).float().cpu()
+
+    def first_frame_generator(self, r: VideoRequest) -> torch.Generator:
+        """The first-frame draw's own generator, seeded by ``r.seed`` (independent of the
+        initial noise)."""
+        seed = np.random.SeedSequence([r.seed % 2**64, 2]).generate_state(1, np.uint32)[0]
+        return torch.Generator().manual_seed(int(seed))
 
     def schedule(self, steps: int, shift: float, solver: str) -> tuple[torch.Tensor, ...]:
         """``(sigmas, times)`` the solver walks (its own schedule by default)."""

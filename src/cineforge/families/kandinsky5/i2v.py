@@ -23,12 +23,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from cineforge.errors import CineforgeError
 from cineforge.families.kandinsky5.pipeline import Kandinsky5
-from cineforge.pipelines.common import Conditioning, VideoRequest, prepare_image
+from cineforge.pipelines.common import Conditioning, VideoRequest, require_image
 from cineforge.sampling import SolverStep
 
 _MEAN_BOUNDS, _STD_BOUNDS = (0.05, 0.1), (0.1, 0.25)  # how far a frame's stats may move
@@ -59,28 +58,17 @@ class Kandinsky5I2V(Kandinsky5):
 
     @staticmethod
     def check_request(r: VideoRequest, dit_config, vae_config, *, video: bool = True) -> None:
-        if r.image is None:
-            raise CineforgeError("this preset is image-to-video: give the first frame as "
-                                 "{image}", fields=("image",))
+        require_image(r)
         if not dit_config.visual_cond:
             raise CineforgeError("this Kandinsky 5 DiT has no visual_cond channels and cannot "
                                  "take a first frame")
         Kandinsky5.check_request(r, dit_config, vae_config, video=video)
 
-    def first_frame(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Scaled latents (1, C, 1, h, w) of ``image`` (1, 3, H, W in [-1, 1]): a posterior
-        draw from ``generator``."""
-        with self.placement.use(self.vae) as vae, torch.no_grad():
-            video = image[:, :, None].to(next(vae.parameters()).device, torch.float32)
-            return vae.encode(video, sample=True, generator=generator).float().cpu()
-
     def conditions(
         self, prompts: Sequence[str], r: VideoRequest
     ) -> tuple[Conditioning, Conditioning | None]:
         cond, uncond = super().conditions(prompts, r)
-        frame, _ = prepare_image(r.image, r.width, r.height)
-        seed = np.random.SeedSequence([r.seed % 2**64, 2]).generate_state(1, np.uint32)[0]
-        first = self.first_frame(frame, torch.Generator().manual_seed(int(seed)))
+        first = self.sampled_first_frame(r)
         first = first.expand(len(prompts), -1, -1, -1, -1)
         return {**cond, "first": first}, None if uncond is None else {**uncond, "first": first}
 

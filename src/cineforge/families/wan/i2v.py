@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from cineforge.errors import CineforgeError
 from cineforge.families.wan.pipeline import TextToVideo
-from cineforge.pipelines.common import Conditioning, VideoRequest, prepare_image
+from cineforge.pipelines.common import Conditioning, VideoRequest, prepare_image, require_image
 
 
 class ImageToVideo(TextToVideo):
@@ -37,9 +36,7 @@ class ImageToVideo(TextToVideo):
 
     @staticmethod
     def check_request(r: VideoRequest, dit_config, vae_config) -> None:
-        if r.image is None:
-            raise CineforgeError("this preset is image-to-video: give the first frame as "
-                                 "{image}", fields=("image",))
+        require_image(r)
         TextToVideo.check_request(r, dit_config, vae_config)
 
     def first_frame(self, r: VideoRequest, batch: int) -> Conditioning:

@@ -302,3 +302,34 @@ def test_release_preset_sizes():
     assert preset.request(PROMPT).frames == 97  # 12 s: 25 latent frames
     for height, width in SIZES:
         preset.family.check_request(preset, preset.request(PROMPT, width=width, height=height))
+
+
+def test_release_rope_tables_are_checked_before_they_are_dropped(tmp_path):
+    """The key map drops the release's stored RoPE tables; they must be the angles the model
+    derives: the release's own tables pass, a table of other positions is refused."""
+    from cineforge.families.family import load_model
+    from cineforge.families.kandinsky4.dit_keys import check_rope_tables
+
+    config = KANDINSKY4_DIT_TINY
+    tables = {k: v for k, v in RefKandinsky4(config).state_dict().items()
+              if k.startswith("rope_embeddings.")}
+    assert len(tables) == 3
+    check_rope_tables(tables, config)
+    for key in tables:
+        for bad in (tables[key] * 2, tables[key][:64]):
+            with pytest.raises(CineforgeError, match=f"{key} in the Kandinsky 4.0 checkpoint "
+                                                     "is not the RoPE table"):
+                check_rope_tables(tables | {key: bad}, config)
+    from cineforge.families.kandinsky4 import T5_XXL
+
+    preset = dataclasses.replace(get_preset("kandinsky4-t2v-flash"), dit=config,
+                                 vae=get_preset(TINY).vae,
+                                 text_encoder=dataclasses.replace(T5_XXL, dim=config.text_dim))
+    dit = perturb(preset.family.build("dit", config), seed=1)
+    write_official_folder(tmp_path, preset, dit, preset.family.build("vae", preset.vae))
+    load_model(preset, tmp_path, "dit")  # the release's tables pass on the loading path
+    state = torch.load(tmp_path / "kandinsky4_distil_512.pt")
+    state["rope_embeddings.args_1"] = state["rope_embeddings.args_1"] / 2  # HD's scaled table
+    torch.save(state, tmp_path / "kandinsky4_distil_512.pt")
+    with pytest.raises(CineforgeError, match="rope_embeddings.args_1 in the Kandinsky 4.0"):
+        load_model(preset, tmp_path, "dit")

@@ -43,7 +43,7 @@ from cineforge.families.kandinsky4.dit import (
     KANDINSKY4_DIT_TINY,
     Kandinsky4DiT,
 )
-from cineforge.families.kandinsky4.dit_keys import K4_DIT_FROM_OFFICIAL
+from cineforge.families.kandinsky4.dit_keys import K4_DIT_FROM_OFFICIAL, check_rope_tables
 from cineforge.families.kandinsky4.pipeline import Kandinsky4Flash
 from cineforge.weights.files import read_torch
 
@@ -54,12 +54,15 @@ SIZES = ((512, 512), (352, 736), (736, 352), (384, 672), (672, 384), (480, 544),
 
 @dataclasses.dataclass(frozen=True)
 class TorchFile(WeightFile):
-    """A ``torch.save`` state dict named exactly ``stem`` (the release's ``.pt``)."""
+    """The release's DiT: a ``torch.save`` state dict named exactly ``stem`` (``.pt``), whose
+    stored RoPE tables (dropped by the key map) are checked against the preset's config."""
 
     def read(self, folder: Path, preset: Preset) -> dict[str, torch.Tensor]:
         base = folder / self.subdir if self.subdir else folder
-        return read_torch(base / self.stem.format(preset=preset),
-                          hub_repo=getattr(preset, self.repo))
+        state = read_torch(base / self.stem.format(preset=preset),
+                           hub_repo=getattr(preset, self.repo))
+        check_rope_tables(state, preset.dit)
+        return state
 
 
 

@@ -253,3 +253,29 @@ def test_guidance_distillation_targets_the_guided_teacher_at_the_student_input(
     assert (v_c - v_u).abs().max() > 1e-2
     want = x - t.view(-1, 1, 1, 1, 1) * (v_u + 3.0 * (v_c - v_u))
     torch.testing.assert_close(task._guided_x0(dit, x, t, ctx), want, rtol=1e-5, atol=1e-5)
+
+
+def test_pseudo_huber_guidance_loss_pulls_far_and_near_items_alike():
+    """With c > 0 an item 100x farther from its target gets a gradient of about the same size
+    (squared error: 10x larger); c = 0 is the plain mean squared error."""
+    from cineforge.train.distill import guidance_loss
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 64, generator=gen)
+    estimate = (target + torch.randn(2, 64, generator=gen)
+                * torch.tensor([[10.0], [0.1]])).requires_grad_()
+    errors = (estimate - target).square().mean(1)
+    assert guidance_loss(errors, 0.0).item() == pytest.approx(errors.mean().item())
+
+    def grad_norms(huber):
+        (grad,) = torch.autograd.grad(guidance_loss((estimate - target).square().mean(1), huber),
+                                      estimate)
+        return grad.norm(dim=1)
+
+    far, near = grad_norms(0.0)
+    assert far / near == pytest.approx(100, rel=0.3)
+    far, near = grad_norms(0.01)
+    assert far / near == pytest.approx(1, rel=0.05)
+    with pytest.raises(Exception, match="guidance_huber"):
+        from cineforge.train.config import DistillObjective
+        DistillObjective(guidance_huber=-1)

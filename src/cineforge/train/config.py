@@ -217,6 +217,10 @@ class DistillObjective:
     ``adversarial_weight``, plus ``distill_weight`` times the squared distance to the
     teacher's clean estimate of the re-noised student sample and ``guidance_weight`` times
     that to its estimate of the student's own input, both guided by ``teacher_guidance``.
+    ``guidance_huber``: 0 takes each item's mean squared error as is; ``c > 0`` takes its
+    pseudo-Huber ``sqrt(e + c^2) - c`` instead (iCT), so that every item pulls with a gradient
+    of about the same size whatever its time (at ``s = 1`` the guided target lies ~100x
+    farther than at the other times and would otherwise drown them).
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -232,6 +236,7 @@ class DistillObjective:
     adversarial_weight: float = 1.0
     distill_weight: float = 1.0
     guidance_weight: float = 0.0
+    guidance_huber: float = 0.0
     teacher_guidance: float = 6.0
 
     def __post_init__(self) -> None:
@@ -249,6 +254,9 @@ class DistillObjective:
                  and self.adversarial_weight + self.distill_weight + self.guidance_weight > 0,
                  "distill.adversarial_weight, distill_weight and guidance_weight must be >= 0, "
                  "not all 0")
+        _require(self.guidance_huber >= 0,
+                 f"distill.guidance_huber must be >= 0 (0: squared error), got "
+                 f"{self.guidance_huber}")
         _require(self.teacher_guidance >= 1,
                  f"distill.teacher_guidance must be >= 1, got {self.teacher_guidance}")
 

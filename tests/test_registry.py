@@ -244,6 +244,7 @@ _K5_I2V = _k5_writers(Kandinsky5I2VPipeline, _hunyuan_vae, HUNYUAN_VAE_FROM_DIFF
 
 WRITERS: dict[tuple[str, str], Writer] = {
     ("demo", "cineforge"): _write_cineforge,
+    ("demo-i2v", "cineforge"): _write_cineforge,
     ("wan2.1", "cineforge"): _write_cineforge,
     ("wan2.1", "diffusers"): _write_wan_diffusers,
     ("wan2.1", "official"): _write_wan_official,

@@ -16,7 +16,7 @@ PRESETS: dict[str, Preset] = {
     p.name: p for m in (demo, wan, wan_i2v, wan_a14b, wan_ti2v, kandinsky5, kandinsky4, cogvideox)
     for p in m.PRESETS}
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    demo.DEMO_FAMILY, wan.WAN21, wan_i2v.WAN21_I2V, wan_a14b.WAN22_T2V_A14B,
+    demo.DEMO_FAMILY, demo.DEMO_I2V_FAMILY, wan.WAN21, wan_i2v.WAN21_I2V, wan_a14b.WAN22_T2V_A14B,
     wan_a14b.WAN22_I2V_A14B, wan_ti2v.WAN22_TI2V, kandinsky5.KANDINSKY5,
     kandinsky5.KANDINSKY5_I2V, kandinsky5.KANDINSKY5_IMAGE,
     kandinsky4.KANDINSKY4, cogvideox.COGVIDEOX, cogvideox.COGVIDEOX_I2V)}

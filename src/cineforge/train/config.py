@@ -182,6 +182,10 @@ class FlowObjective:
     error at latent elements near what stands out from its neighbourhood in the clean latent
     (objects, edges: ``train.dit_task.latent_detail_weights`` with ``detail_threshold``) by
     ``1 + w``, normalised so that the loss stays a weighted mean; validation stays unweighted.
+    ``first_frame`` p > 0: each clip sub-batch trains image-to-video with probability p (the
+    first latent frame given clean, with time 0 on its tokens; loss on the other frames), the
+    rest text-to-video, so that one model does both (a DiT that takes ``first``, as
+    ``WanTI2VDiT`` and the demo's).
     """
 
     timesteps: str = "logit_normal"
@@ -193,6 +197,7 @@ class FlowObjective:
     frame_noise_share: float = 0.0
     detail_weight: float = 0.0
     detail_threshold: float = 1.2
+    first_frame: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.timesteps in ("logit_normal", "uniform"),
@@ -202,6 +207,10 @@ class FlowObjective:
         _require(0.0 <= self.frame_noise_share < 1.0, "flow.frame_noise_share must be in [0, 1)")
         _require(self.detail_weight >= 0 and self.detail_threshold > 0,
                  "flow.detail_weight must be >= 0 and flow.detail_threshold > 0")
+        _require(0.0 <= self.first_frame <= 1.0, "flow.first_frame must be in [0, 1]")
+        _require(not (self.first_frame and self.packing),
+                 "flow.first_frame (image-to-video) trains padded sub-batches; set "
+                 "flow.packing: false")
 
 
 DISTILL_LOSSES = ("hinge", "lsgan")

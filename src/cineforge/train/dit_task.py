@@ -24,6 +24,10 @@ step divided by their number: sub-batches are weighted by their element counts. 
 and edges of the clean latent, else 1: ``latent_detail_weights``) and the sum is divided by
 the sum of the weights instead, so the loss keeps its scale while the few latent pixels that
 carry an object's shape weigh more.
+With ``flow.first_frame`` p > 0 a clip sub-batch trains image-to-video with probability p
+(Kandinsky 4.0's and Wan 2.2 TI2V's recipe): the model gets its first latent frame clean,
+with time 0 on that frame's tokens (``model(x_t, t, context, first=x0[:, :, :1])``), and the
+loss weights of that frame are 0, so one model learns both tasks.
 Validation runs the EMA model on the held-aside items (the first ``cache.val_images`` images
 and ``cache.val_videos`` clips of the cache) at fixed times with fixed noise, so the numbers
 are comparable from one validation to the next.
@@ -42,6 +46,7 @@ from torch import nn
 from cineforge.data.latents import CacheItem, LatentItems
 from cineforge.errors import CineforgeError
 from cineforge.families.wan.dit import pad_context
+from cineforge.families.wan.ti2v_dit import WanTI2VDiT
 from cineforge.sampling import frame_noise
 from cineforge.train.config import TrainConfig
 from cineforge.train.data import IndexStream, ShapeBuckets
@@ -93,6 +98,11 @@ class DiTTask:
             raise CineforgeError(f"the {len(cache)} latent items in {cache.folder} leave none "
                                  f"for training after the {len(held)} held aside; lower "
                                  "cache.val_images / cache.val_videos or add items")
+        if config.flow.first_frame and not isinstance(self.model, WanTI2VDiT):
+            raise CineforgeError(f"flow.first_frame trains image-to-video, which the "
+                                 f"{type(self.model).__name__} does not take (no clean first "
+                                 "frame input); use a model that does (the demo's, Wan 2.2 "
+                                 "TI2V) or set flow.first_frame: 0")
         self.buckets = ShapeBuckets(((i, cache.shape(i)) for i in train), config.seed)
         self.stream = IndexStream(train, config.seed)  # the packed path's order
         self.packer = None
@@ -135,10 +145,11 @@ class DiTTask:
     def loss(self, model: nn.Module, batch: list[list[CacheItem]],
              generator: torch.Generator) -> StepLoss:
         f = self.config.flow
-        weights = [self._weights(items) for items in batch]
+        firsts = self._first_frame_draws(batch, generator)
+        weights = [self._weights(items, first) for items, first in zip(batch, firsts, strict=True)]
         total = sum(float(w.sum()) for w in weights)
         loss, parts, tokens = torch.zeros((), device=_device(model)), {}, 0
-        for items, w in zip(batch, weights, strict=True):
+        for items, w, first in zip(batch, weights, firsts, strict=True):
             keep = caption_keep_mask(len(items), f.caption_dropout, generator)
             t = sample_times(len(items), generator, kind=f.timesteps, mean=f.mean, std=f.std,
                              shift=f.shift)
@@ -149,29 +160,50 @@ class DiTTask:
                 errors = self._packed_errors(model, x0, noise, t, context)
             else:
                 errors = self._padded_errors(model, torch.stack(x0), torch.stack(noise), t,
-                                             torch.stack(context))
+                                             torch.stack(context), first=first)
             kind = "pack" if f.packing else ShapeBuckets.kind(tuple(x0[0].shape))
-            parts[f"loss_{kind}"] = errors.mean().item()
+            kind += "_i2v" if first else ""
+            parts[f"loss_{kind}"] = (errors[:, :, 1:] if first else errors).mean().item()
             loss = loss + (errors * w.to(errors.device).view(errors.shape)).sum() / total
             tokens += sum(latent_tokens(tuple(x.shape), self.patch) for x in x0)
         return StepLoss(loss, parts, tokens)
 
-    def _weights(self, items: list[CacheItem]) -> torch.Tensor:
+    def _first_frame_draws(self, batch: list[list[CacheItem]],
+                           generator: torch.Generator) -> list[bool]:
+        """Per sub-batch: whether it trains image-to-video (``flow.first_frame``; clips only,
+        drawn only when p > 0 so that other runs' random streams are unchanged)."""
+        p = self.config.flow.first_frame
+        if not p:
+            return [False] * len(batch)
+        draws = torch.rand(len(batch), generator=generator) < p
+        return [bool(d) and items[0].latent.shape[1] > 1
+                for items, d in zip(batch, draws.tolist(), strict=True)]
+
+    def _weights(self, items: list[CacheItem], first: bool = False) -> torch.Tensor:
         """Per-element loss weights of a sub-batch, flattened in item order: all 1, or the
-        clean latents' detail weights (``flow.detail_weight``)."""
+        clean latents' detail weights (``flow.detail_weight``); 0 on the first latent frame
+        when it is given clean (``first``)."""
         f = self.config.flow
-        return torch.cat([
-            (latent_detail_weights(i.latent, f.detail_weight, f.detail_threshold)
-             .expand_as(i.latent) if f.detail_weight else torch.ones_like(i.latent)).flatten()
-            for i in items])
+        out = []
+        for i in items:
+            w = (latent_detail_weights(i.latent, f.detail_weight, f.detail_threshold)
+                 .expand_as(i.latent) if f.detail_weight else torch.ones_like(i.latent))
+            if first:
+                w = w.clone()
+                w[:, 0] = 0
+            out.append(w.flatten())
+        return torch.cat(out)
 
     @staticmethod
-    def _padded_errors(model, x0, noise, t, context) -> torch.Tensor:
+    def _padded_errors(model, x0, noise, t, context, first: bool = False) -> torch.Tensor:
         """Squared errors of ``model(x_t, t, context)`` against ``v`` (batched tensors;
-        moved to the model's device)."""
+        moved to the model's device); with ``first`` the model is given the clean first
+        latent frame (its errors there are not a target: weight them 0)."""
         device = _device(model)
         x0, noise, t, context = (x.to(device) for x in (x0, noise, t, context))
         x_t, v = flow_pair(x0, noise, t)
+        if first:
+            return (model(x_t, t, context, first=x0[:, :, :1]) - v).square()
         return (model(x_t, t, context) - v).square()
 
     @staticmethod
@@ -206,10 +238,15 @@ class DiTTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
+        """``val_{kind}_loss`` (and ``@t``) per kind; with ``flow.first_frame`` also
+        ``val_video_i2v_loss``: the clips with their clean first frame given, on the others."""
         sums: dict[str, list[torch.Tensor]] = {}
         for kind, x0, noise, times, context in self.val:
             errors = self._padded_errors(model, x0, noise, times, context)
             sums.setdefault(kind, []).append(errors.flatten(1).mean(1).cpu())
+            if self.config.flow.first_frame and kind == "video":
+                errors = self._padded_errors(model, x0, noise, times, context, first=True)
+                sums.setdefault("video_i2v", []).append(errors[:, :, 1:].flatten(1).mean(1).cpu())
         out = {}
         for kind, per_item in sums.items():
             per_time = torch.stack(per_item).mean(0)

@@ -287,7 +287,12 @@ class Trainer:
     def _summary(self, window: list[StepRecord]) -> dict[str, Any]:
         n = len(window)
         seconds = sum(r.step_time for r in window)
-        parts = {k: sum(r.parts.get(k, 0.0) for r in window) / n for k in window[-1].parts}
+        # each part over the steps that report it (a task may report some parts only on
+        # some steps, e.g. image-to-video sub-batches)
+        parts: dict[str, float] = {}
+        for key in dict.fromkeys(k for r in window for k in r.parts):
+            values = [r.parts[key] for r in window if key in r.parts]
+            parts[key] = sum(values) / len(values)
         return {
             "kind": "train", "step": self.step,
             "loss": sum(r.loss for r in window) / n, **parts,

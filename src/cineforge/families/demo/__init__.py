@@ -1,9 +1,12 @@
 """cineforge's own demo model: trained by this project on its shapes world, runs on a CPU.
 
-    dit.py   DemoDiT: Wan 2.1's DiT plus a learned position table and a pooled caption
+    dit.py   DemoDiT: Wan 2.1's DiT plus a learned position table and a pooled caption (and
+             Wan 2.2 TI2V's clean first frame, which the image-to-video weights use)
     vae.py   CompactVAE: a small causal video VAE (8x8 spatial, 4x temporal, 16 channels)
 
-Text states are MiniLM's (384-d); the pipeline is Wan's. The weights ship inside the package
+Text states are MiniLM's (384-d); the pipeline is Wan's: ``TextToVideo`` for ``demo``, and
+for ``demo-i2v`` Wan 2.2 TI2V's ``TextImageToVideo`` (the image is the clean first latent
+frame; without one it is text-to-video). The weights ship inside the package
 (``cineforge/assets/demo``, fp16) and are re-made by the recipe in ``configs/demo/``
 (docs/demo-training.md); the recipe's last stage builds exactly the DiT config below.
 """
@@ -17,6 +20,7 @@ from cineforge.families.demo.vae import COMPACT_VAE_TINY, CompactVAE, CompactVAE
 from cineforge.families.family import CINEFORGE_LAYOUT, MINILM, Family, Preset, SamplerDefaults
 from cineforge.families.wan.dit import WAN_DIT_TINY
 from cineforge.families.wan.pipeline import TextToVideo
+from cineforge.families.wan.ti2v_pipeline import TextImageToVideo
 
 DEMO_DIT = DemoDiTConfig(
     dim=256,
@@ -96,6 +100,15 @@ DEMO_FLASH = dataclasses.replace(
                             frame_noise_share=0.5),
     embedded=None,
 )
+# The demo trained on to take a first frame (configs/demo/i2v.yaml, flow.first_frame: the
+# first latent frame clean with time 0, as Wan 2.2 TI2V and Kandinsky 4.0's I2V): image-to-
+# video, and text-to-video without an image; same sampler, VAE and text encoder.
+DEMO_I2V_FAMILY = dataclasses.replace(DEMO_FAMILY, name="demo-i2v", pipeline=TextImageToVideo)
+DEMO_I2V = dataclasses.replace(
+    DEMO, name="demo-i2v", family=DEMO_I2V_FAMILY,
+    summary="the demo with a first frame: image-to-video (and text-to-video), 64x64",
+    embedded=None,
+)
 # The demo architecture at toy size, random weights (tests and CI; bring your own weights).
 DEMO_TINY = dataclasses.replace(
     DEMO, name="demo-tiny", summary="the demo architecture at toy size (tests; your weights)",
@@ -103,4 +116,9 @@ DEMO_TINY = dataclasses.replace(
     sampler=SamplerDefaults(steps=4, guidance=6.0, shift=3.0), embedded=None,
 )
 
-PRESETS = (DEMO, DEMO_FLASH, DEMO_TINY)
+DEMO_I2V_TINY = dataclasses.replace(
+    DEMO_TINY, name="demo-i2v-tiny", family=DEMO_I2V_FAMILY,
+    summary="the demo's image-to-video architecture at toy size (tests; your weights)",
+)
+
+PRESETS = (DEMO, DEMO_FLASH, DEMO_I2V, DEMO_TINY, DEMO_I2V_TINY)

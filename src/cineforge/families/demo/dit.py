@@ -13,7 +13,10 @@
   in Kandinsky 5, SD3 and Flux; its output layer starts at zero, so it can be added to a
   trained model without changing its output.
 
-Both enter through ``WanDiT.extra_terms``, Wan's one hook; everything else is Wan's.
+Both enter through ``WanDiT.extra_terms``, Wan's one hook; everything else is Wan's. Like
+Wan 2.2 TI2V's DiT (``WanTI2VDiT``) it also takes a clean first latent frame
+(``forward(x, t, context, first)``: time 0 on that frame's tokens), which the demo's
+image-to-video weights are trained with; without it, it is text-to-video, unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 from torch import nn
 
 from cineforge.errors import CineforgeError
-from cineforge.families.wan.dit import WanDiT, WanDiTConfig
+from cineforge.families.wan.dit import WanDiTConfig
+from cineforge.families.wan.ti2v_dit import WanTI2VDiT
 from cineforge.models.text_encoders import TextStates, mean_pool
 
 
@@ -45,8 +49,9 @@ class DemoDiTConfig(WanDiTConfig):
         return tuple(self.position_table) if self.position_table else None
 
 
-class DemoDiT(WanDiT):
-    """``WanDiT`` with a learned position table and a pooled caption (see the module)."""
+class DemoDiT(WanTI2VDiT):
+    """``WanDiT`` with a learned position table and a pooled caption, and an optional clean
+    first frame (see the module)."""
 
     def __init__(self, config: DemoDiTConfig):
         super().__init__(config)

@@ -274,6 +274,7 @@ class _BlockInputs:
     e: torch.Tensor
     e0: torch.Tensor
     cis: torch.Tensor
+    time_term: torch.Tensor | None = None  # ``extra_terms``' time term (N, dim), if any
 
 
 class WanDiT(nn.Module):
@@ -368,7 +369,7 @@ class WanDiT(nn.Module):
         e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), time_term)
         cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
         tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
-        return tokens, _BlockInputs(grid, layout, context, e, e0, cis)
+        return tokens, _BlockInputs(grid, layout, context, e, e0, cis, time_term)
 
     def forward_packed(
         self, latents: list[torch.Tensor], t: torch.Tensor, contexts: list[torch.Tensor]

@@ -7,7 +7,8 @@ frame can condition the video (the release's ``textimage2video``; diffusers'
 Text-to-video (``first`` None) is ``WanDiT.forward``: every token has the step's time.
 Image-to-video gives ``first``, the encoded image (B, C, 1, H, W): it replaces the first
 latent frame of ``x``, and that frame's tokens are modulated with time 0 (clean) while the
-others have ``t``:
+others have ``t`` (plus, on every token, the time term a subclass adds through
+``extra_terms``, as the demo's pooled caption):
 
     x' = [first, x[:, :, 1:]]        t_token = 0 on frame 0, t elsewhere
     v  = DiT(x', t_token, context)   (the velocity of frame 0 is not used)
@@ -42,7 +43,8 @@ class WanTI2VDiT(WanDiT):
                                  f"latents {tuple(x.shape)} (one frame, same batch and size)")
         x = torch.cat([first.to(x.dtype), x[:, :, 1:]], dim=2)
         tokens, s = self._enter(x, t, context)
-        clean_e, clean_e0 = self._time_embedding(torch.zeros(x.shape[0], device=x.device))
+        clean_e, clean_e0 = self._time_embedding(torch.zeros(x.shape[0], device=x.device),
+                                                 s.time_term)
         n_first = s.grid[1] * s.grid[2]  # tokens of latent frame 0 come first (raster order)
         n_rest = tokens.shape[1] - n_first
 

@@ -114,3 +114,42 @@ def test_eval_from_ground_truth_at_low_strength_keeps_colour_and_motion(capsys):
     for r in rows:
         colour, motion = (float(c.rstrip("%")) for c in (r[3], r[5]))
         assert (colour, motion) == (100.0, 100.0), r
+
+
+def test_eval_first_frame_starts_from_the_ground_truth_frame_and_reports_its_psnr(tmp_path,
+                                                                                 capsys):
+    """--first-frame on an image-to-video preset: each clip's frame 0 is the VAE's
+    reconstruction of its spec's first frame, so the PSNR column equals that reconstruction's
+    PSNR computed here; a text-to-video preset refuses the flag."""
+    import numpy as np
+
+    from cineforge.api import load_pipeline
+    from cineforge.cli.eval import first_frame_psnr, prompt_specs
+    from cineforge.data.shapes import render
+    from cineforge.families.demo.dit import DemoDiT
+    from cineforge.io.video import to_uint8_frames
+
+    preset = get_preset("demo-i2v-tiny")
+    torch.manual_seed(0)
+    save_components(tmp_path, dit=perturb(DemoDiT(preset.dit), 3),
+                    vae=perturb(preset.family.build("vae", preset.vae), 4, scale=0.02))
+    code = main(["eval", "shapes", "--preset", preset.name, "--weights", str(tmp_path),
+                 "-n", "2", "--steps", "1", "--first-frame", "--layout", "centred",
+                 "--no-baseline"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and "frame-0 PSNR" in out[0]
+    printed = {r.split()[1]: float(r.split()[-2]) for r in out[1:]}
+
+    pipe = load_pipeline(preset.name, tmp_path, device="cpu").runner
+    for split in ("held-in", "held-out"):
+        values = []
+        for spec in prompt_specs(split, 2, preset, "centred"):
+            frame = torch.from_numpy(render(spec)[:1].transpose(3, 0, 1, 2).copy())[None]
+            with torch.no_grad():
+                recon = pipe.decode(pipe.encode_video(frame.float() / 127.5 - 1))
+            values.append(first_frame_psnr(to_uint8_frames(recon[0]), spec))
+        assert printed[split] == pytest.approx(float(np.mean(values)), abs=0.006), split
+
+    assert main(["eval", "shapes", "--preset", "demo-tiny", "--weights", str(tmp_path),
+                 "-n", "1", "--first-frame"]) == 2
+    assert "--first-frame needs an image-to-video preset" in capsys.readouterr().err

@@ -4,16 +4,20 @@
 prompts, and for the held-in prompts' clips phrased in held-out wordings (words and sentence
 templates no training caption uses, ``cineforge.data.shapes_grammar``), reads colour, shape
 and motion back from the pixels (``cineforge.eval.shapes``) and prints accuracy per attribute
-and split, beside the same figures for a random-weight DiT (chance
-baseline). ``text-use`` prints how much the flow loss on held-in clips rises when one
-attribute of the caption is swapped (``cineforge.eval.text_use``).
+and split, beside the same figures for a random-weight DiT (chance baseline). With
+``--first-frame`` (image-to-video presets) each clip starts from its ground-truth first
+frame, and the table adds the PSNR of the output's frame 0 against it. ``text-use`` prints
+how much the flow loss on held-in clips rises when one attribute of the caption is swapped
+(``cineforge.eval.text_use``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -42,9 +46,17 @@ def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> li
     return specs[:n]
 
 
-def generate_clips(pipe: FlowPipeline, specs, request: VideoRequest, batch: int, desc: str):
+def generate_clips(pipe: FlowPipeline, specs, request: VideoRequest, batch: int, desc: str,
+                   first_frame: bool = False):
     """One clip per spec, from its caption; with ``request.strength < 1`` each starts from the
-    spec's own ground-truth clip (video-to-video)."""
+    spec's own ground-truth clip (video-to-video); with ``first_frame`` from the first frame of
+    that clip (image-to-video; one clip per call, as a request holds one image)."""
+    if first_frame:
+        for i, spec in enumerate(tqdm(specs, desc=desc, unit="clip", leave=False)):
+            image = torch.from_numpy(render(spec)[0])
+            r = dataclasses.replace(request, seed=request.seed + i, image=image)
+            yield to_uint8_frames(pipe(r, prompts=[spec.caption])[0])
+        return
     for start in tqdm(range(0, len(specs), batch), desc=desc, unit="batch", leave=False):
         chunk = specs[start : start + batch]
         r = dataclasses.replace(request, seed=request.seed + start)
@@ -62,13 +74,24 @@ def check_counts(args: argparse.Namespace) -> None:
             raise CineforgeError(f"{flag} must be at least 1, got {value}")
 
 
+def first_frame_psnr(clip, spec) -> float:
+    """PSNR (dB, peak 255) of a generated clip's frame 0 against its spec's ground truth."""
+    error = np.asarray(clip[0], np.float64) - render(spec)[0].astype(np.float64)
+    mse = float(np.mean(error**2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
     check_counts(args)
     preset = get_preset(args.preset)
+    if args.first_frame and not preset.family.pipeline.image_to_video:
+        raise CineforgeError(f"--first-frame needs an image-to-video preset; {preset.name} "
+                             "takes no image (e.g. use --preset demo-i2v)")
     request = preset.request("-", steps=args.steps, guidance=args.guidance, shift=args.shift,
                              frame_noise_share=args.frame_noise, seed=args.seed,
                              strength=args.strength)
-    layout = args.layout if args.strength < 1 else "free"  # from noise the layout is the model's
+    # from noise the layout is the model's; from a ground-truth clip or frame it is --layout
+    layout = args.layout if args.strength < 1 or args.first_frame else "free"
     components = load_components(preset, args.weights)
     models = {preset.name: components}
     if not args.no_baseline:
@@ -81,8 +104,13 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
         pipe = preset.family.make_pipeline(parts)
         for split in SPLITS:
             specs = prompt_specs(split, args.n, preset, layout)
-            clips = generate_clips(pipe, specs, request, args.batch, f"{name} {split}")
-            rows.append((name, split, score_clips(clips, specs)))
+            clips = list(generate_clips(pipe, specs, request, args.batch, f"{name} {split}",
+                                        args.first_frame))
+            score = score_clips(clips, specs)
+            if args.first_frame:
+                values = [first_frame_psnr(c, s) for c, s in zip(clips, specs, strict=True)]
+                score = dataclasses.replace(score, frame0_psnr=float(np.mean(values)))
+            rows.append((name, split, score))
     return rows
 
 
@@ -106,10 +134,13 @@ def print_text_use(result) -> None:
 
 
 def print_table(rows) -> None:
+    psnr = any(sc.frame0_psnr is not None for _, _, sc in rows)
     print(
         f"{'model':<16} {'split':<16} {'n':>5} {'colour':>7} {'shape':>7} {'motion':>7} {'all':>7}"
+        + (f" {'frame-0 PSNR':>13}" if psnr else "")
     )
     for name, split, sc in rows:
         values = (sc.colour, sc.shape, sc.motion, sc.all_three)
         cells = "".join(f"{100 * v:7.1f}%" for v in values)
+        cells += f" {sc.frame0_psnr:10.2f} dB" if psnr else ""
         print(f"{name:<16} {split:<16} {sc.n:>5}{cells}")

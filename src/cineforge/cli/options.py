@@ -166,6 +166,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="free",
                    help="text-use and --strength: where the ground-truth clips put their main "
                         "object; match the world the model trained on")
+    p.add_argument("--first-frame", action="store_true",
+                   help="shapes, image-to-video presets: start each clip from its ground-truth "
+                        "first frame (world: --layout) and add frame 0's PSNR against it")
     p.add_argument("--strength", type=float, default=1.0,
                    help="shapes: start from each prompt's ground-truth clip, noised so that this "
                         "share of the steps runs (video-to-video); below 1 it shows where along "

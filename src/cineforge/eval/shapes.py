@@ -281,13 +281,15 @@ ATTRIBUTES = ("colour", "shape", "motion")
 
 @dataclass(frozen=True)
 class ShapesScore:
-    """Share of clips whose main object shows the prompt's colour, shape and motion."""
+    """Share of clips whose main object shows the prompt's colour, shape and motion (and,
+    for image-to-video, the mean PSNR in dB of frame 0 against the given first frame)."""
 
     n: int
     colour: float
     shape: float
     motion: float
     all_three: float
+    frame0_psnr: float | None = None
 
 
 def score_clips(clips, specs) -> ShapesScore:

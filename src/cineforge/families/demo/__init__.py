@@ -119,6 +119,7 @@ DEMO_TINY = dataclasses.replace(
 DEMO_I2V_TINY = dataclasses.replace(
     DEMO_TINY, name="demo-i2v-tiny", family=DEMO_I2V_FAMILY,
     summary="the demo's image-to-video architecture at toy size (tests; your weights)",
+    dit=dataclasses.replace(DEMO_DIT_TINY, text_len=DEMO_DIT.text_len),  # the shapes captions
 )
 
 PRESETS = (DEMO, DEMO_FLASH, DEMO_I2V, DEMO_TINY, DEMO_I2V_TINY)

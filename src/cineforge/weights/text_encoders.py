@@ -238,6 +238,23 @@ def _load_model(cls, source: str | Path, *, unused: tuple[str, ...] = (), **kwar
     model, info = _from_pretrained(
         cls, source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
+    check_loading_info(cls, source, info, unused)
+    return model
+
+
+def load_state_strict(cls, config, state: dict[str, torch.Tensor], source: str | Path,
+                      **kwargs):
+    """A transformers ``cls`` of ``config`` from a converted state dict (a release file in
+    another layout), as strictly as ``_load_model``; ``source`` names the file in errors."""
+    model, info = cls.from_pretrained(None, config=config, state_dict=state,
+                                      output_loading_info=True, ignore_mismatched_sizes=True,
+                                      **kwargs)
+    check_loading_info(cls, source, info)
+    return model
+
+
+def check_loading_info(cls, source: str | Path, info: dict, unused: tuple[str, ...] = ()) -> None:
+    """Raise on what ``from_pretrained``'s loading info reports wrong (see ``_load_model``)."""
     problems = []
     if missing := sorted(info["missing_keys"]):
         problems.append(f"missing keys {_some(missing)}")
@@ -253,7 +270,6 @@ def _load_model(cls, source: str | Path, *, unused: tuple[str, ...] = (), **kwar
             f"{source} does not hold the weights of {cls.__name__}: {'; '.join(problems)}; "
             "it is another model or a damaged download: download the model again"
         )
-    return model
 
 
 def _some(items: list[str], n: int = 5) -> str:

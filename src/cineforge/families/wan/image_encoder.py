@@ -6,7 +6,8 @@ the penultimate transformer layer's states (``use_31_block``: 31 of 32 blocks, n
 norm): 257 tokens (class token + 16 x 16 patches) of width 1280. diffusers'
 ``WanImageToVideoPipeline`` takes the same states from transformers' ``CLIPVisionModel``
 (``hidden_states[-2]``), which is the model used here, loaded strictly from a folder's
-``image_encoder/`` (the diffusers layout; the cineforge layout keeps it there too).
+``image_encoder/`` (the diffusers layout; the cineforge layout keeps it there too) or from
+the release's own CLIP file (official layout, converted by ``clip_keys``).
 """
 
 from __future__ import annotations
@@ -51,16 +52,30 @@ class WanImageEncoder:
 
 
 def load_image_encoder(folder: Path, layout: str, dtype: torch.dtype) -> WanImageEncoder:
-    """The CLIP vision model in ``folder/image_encoder`` (diffusers or cineforge layout)."""
+    """The CLIP vision model of a weights folder: ``image_encoder/`` (diffusers or cineforge
+    layout), or the release's CLIP file beside the DiT (official layout; ``clip_keys``)."""
     from transformers import CLIPVisionModel
 
-    from cineforge.weights.text_encoders import _load_model
+    from cineforge.families.wan.clip_keys import (
+        CLIP_FILE,
+        convert_official_clip,
+        official_clip_config,
+    )
+    from cineforge.weights.files import read_torch
+    from cineforge.weights.text_encoders import _load_model, load_state_strict
 
     where = Path(folder) / "image_encoder"
-    if layout == "official" or not (where / "config.json").is_file():
+    if (where / "config.json").is_file():
+        model = _load_model(CLIPVisionModel, where, dtype=dtype)
+    elif layout == "official" and (Path(folder) / CLIP_FILE).is_file():
+        state = read_torch(Path(folder) / CLIP_FILE)
+        visual = {k: v for k, v in state.items() if k.startswith("visual.")}
+        model = load_state_strict(CLIPVisionModel, official_clip_config(visual),
+                                  convert_official_clip(state), Path(folder) / CLIP_FILE,
+                                  dtype=dtype)
+    else:
         raise CineforgeError(
-            f"{folder} has no image_encoder/ folder with the CLIP ViT-H/14 vision model (the "
-            "official open-clip .pth is not read); download the preset's -Diffusers repository "
-            "and pass {weights}=DIR", fields=("weights",))
-    model = _load_model(CLIPVisionModel, where, dtype=dtype)
+            f"{folder} has neither an image_encoder/ folder with the CLIP ViT-H/14 vision model "
+            f"nor the release's {CLIP_FILE}; download the preset's repository (official or "
+            "-Diffusers) and pass {weights}=DIR", fields=("weights",))
     return WanImageEncoder(model.eval().requires_grad_(False))

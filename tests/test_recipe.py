@@ -31,7 +31,7 @@ DEMO_CHAIN = {
     "t": ("ema", 1000), "k": ("raw", None), "w": ("raw", None), "s": ("ema", None),
     "v": ("raw", None), "s2": ("raw", None), "v2": ("raw", None), "o": ("ema", None),
     "l": ("ema", None), "l2": ("ema", None), "l3": ("ema", None), "p3": ("ema", None),
-    "p4": ("ema", None), "flash": (None, None),
+    "p4": ("ema", None), "flash": (None, None), "i2v": (None, None),
 }
 
 
@@ -41,10 +41,12 @@ def test_demo_recipe_stages_load_and_each_starts_from_the_one_before():
     assert {p.stem for p in DEMO.parent.glob("*.yaml")} == {*DEMO_CHAIN, "recipe"}
     (_, vae), (_, p2) = stages[:2]
     assert vae.task == "vae" and p2.task == "dit" and not vae.init and not p2.init
-    (_, p4), (_, flash) = stages[-2:]
+    (_, p4), (_, flash), (_, i2v) = stages[-3:]
     assert flash.task == "distill" and not flash.init
     assert flash.distill.teacher == f"{p4.out}/export" and flash.cache == p4.cache
-    for (before, previous), (stage, config) in zip(stages[1:-2], stages[2:-1], strict=True):
+    assert i2v.task == "dit" and i2v.flow.first_frame > 0 and i2v.cache == p4.cache
+    assert i2v.init == InitSpec(file=f"{p4.out}/export/dit.safetensors")
+    for (before, previous), (stage, config) in zip(stages[1:-3], stages[2:-2], strict=True):
         weights, _ = DEMO_CHAIN[stage.name]
         assert config.init == InitSpec(run=previous.out, step=before.until or previous.steps,
                                        weights=weights), stage.name
@@ -168,12 +170,20 @@ def test_recipe_until_names_a_stage(tiny, tmp_path, capsys):
     assert "--until 'c' is no stage of" in capsys.readouterr().err
 
 
-def test_a_distill_stage_names_an_earlier_export_as_its_teacher(tmp_path):
+def test_stages_start_from_earlier_exports_only(tmp_path):
+    """A distillation's teacher and an ``init.file`` under the root must lie in an earlier
+    stage's export (both move with ``--out-root``)."""
     moved = stage_configs(load_recipe(DEMO), out_root=tmp_path / "elsewhere")
-    assert moved[-1][1].distill.teacher == str(tmp_path / "elsewhere" / "p4" / "export")
+    by_name = {stage.name: config for stage, config in moved}
+    assert by_name["flash"].distill.teacher == str(tmp_path / "elsewhere" / "p4" / "export")
+    assert by_name["i2v"].init.file == str(tmp_path / "elsewhere" / "p4" / "export"
+                                           / "dit.safetensors")
     (tmp_path / "d.yaml").write_text("task: distill\nout: runs/x/d\n"
                                      "distill: {teacher: runs/x/p/export}\n")
-    (tmp_path / "r.yaml").write_text("root: runs/x\nstages:\n  - {config: d.yaml}\n")
-    with pytest.raises(CineforgeError, match="distill.teacher runs/x/p/export is no earlier "
-                                             "stage's export"):
-        stage_configs(load_recipe(tmp_path / "r.yaml"))
+    (tmp_path / "f.yaml").write_text(f"base: {CONFIGS / 'tiny_dit.yaml'}\nout: runs/x/f\n"
+                                     "init: runs/x/p/export/dit.safetensors\n")
+    for stage, what in (("d", "distill.teacher"), ("f", "init.file")):
+        (tmp_path / "r.yaml").write_text(f"root: runs/x\nstages:\n  - {{config: {stage}.yaml}}\n")
+        with pytest.raises(CineforgeError, match=f"stage {stage}: {what} runs/x/p/export.* is "
+                                                 "in no earlier stage's export"):
+            stage_configs(load_recipe(tmp_path / "r.yaml"))

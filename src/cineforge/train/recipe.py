@@ -88,7 +88,8 @@ def stage_configs(recipe: Recipe, out_root: str | Path | None = None
                   ) -> list[tuple[Stage, TrainConfig]]:
     """Every stage's config, its paths under ``recipe.root`` moved under ``out_root``, checked
     before anything trains: each loads, ``until`` is a step it checkpoints, and an
-    ``init.run`` under the root is an earlier stage's run folder at a step it reaches."""
+    ``init.run`` under the root is an earlier stage's run folder at a step it reaches, and an
+    ``init.file`` or ``distill.teacher`` under it lies in an earlier stage's export."""
     root = PurePath(out_root if out_root is not None else recipe.root)
     reached: dict[PurePath, int] = {}  # run folder -> the step the recipe stops it at
     out = []
@@ -107,11 +108,12 @@ def stage_configs(recipe: Recipe, out_root: str | Path | None = None
                 raise CineforgeError(f"stage {stage.name}: init.step {init.step} is past step "
                                      f"{have}, where the recipe stops {init.run}")
         teacher = config.distill.teacher if config.task == "distill" else ""
-        if teacher and PurePath(teacher).is_relative_to(root):
-            runs = {run / "export" for run in reached}
-            if PurePath(teacher) not in runs:
-                raise CineforgeError(f"stage {stage.name}: distill.teacher {teacher} is no "
-                                     f"earlier stage's export ({', '.join(map(str, runs))})")
+        exports = [run / "export" for run in reached]
+        for what, path in (("init.file", init.file), ("distill.teacher", teacher)):
+            if path and PurePath(path).is_relative_to(root) and not any(
+                    PurePath(path).is_relative_to(export) for export in exports):
+                raise CineforgeError(f"stage {stage.name}: {what} {path} is in no earlier "
+                                     f"stage's export ({', '.join(map(str, exports))})")
         reached[PurePath(config.out)] = stop_step(config, stage.until)
         out.append((stage, config))
     return out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -34,26 +35,30 @@ def readme_main_command() -> list[str]:
     raise AssertionError("README.md has no `pip install ... && cineforge generate` line")
 
 
-def test_demo_files_are_fp16_under_40_mb_and_match_the_preset():
-    files = {p.name: p for p in DEMO.iterdir()}
+@pytest.mark.parametrize("name", ["demo", "demo-i2v"])
+def test_demo_files_are_fp16_under_40_mb_and_match_the_preset(name):
+    files = {p.name: p for p in (ASSETS / name).iterdir()}
     assert {"dit.safetensors", "vae.safetensors", "dit.json", "vae.json"} <= set(files)
     assert sum(p.stat().st_size for p in files.values()) <= 40 * 2**20
-    for name in ("dit.safetensors", "vae.safetensors"):
-        with safe_open(files[name], "pt") as f:
+    for file in ("dit.safetensors", "vae.safetensors"):
+        with safe_open(files[file], "pt") as f:
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
-        assert dtypes == {"F16"}, (name, dtypes)
-    preset = get_preset("demo")
+        assert dtypes == {"F16"}, (file, dtypes)
+    preset = get_preset(name)
     assert read_model_config(DemoDiTConfig, files["dit.json"]) == preset.dit
     assert read_model_config(CompactVAEConfig, files["vae.json"]) == preset.vae
-    assert preset.embedded == "demo" and preset.text.name == "minilm"
+    assert preset.embedded == name and preset.text.name == "minilm"
+    if name != "demo":  # trained from the demo: the same VAE, byte for byte
+        assert files["vae.safetensors"].read_bytes() == (DEMO / "vae.safetensors").read_bytes()
 
 
-def test_last_demo_training_stage_builds_the_shipped_dit():
-    """The last stage of the demo's recipe trained the shipped DiT."""
+def test_demo_training_stage_p4_builds_the_shipped_dit():
+    """Stage p4 of the demo's recipe trained the shipped DiT."""
     from cineforge.train.recipe import load_recipe
 
-    last = load_recipe(ROOT / "configs" / "demo" / "recipe.yaml").stages[-1]
-    config, preset = load_config(last.config), get_preset("demo")
+    stages = load_recipe(ROOT / "configs" / "demo" / "recipe.yaml").stages
+    p4 = next(stage for stage in stages if stage.name == "p4")
+    config, preset = load_config(p4.config), get_preset("demo")
     assert model_config(config.model, "dit") == (preset.family, preset.dit)
     assert config.flow.frame_noise_share == preset.sampler.frame_noise_share
 
@@ -88,3 +93,21 @@ def test_demo_generation_reproduces_per_seed():
     assert torch.equal(a, b)
     c = pipe(dataclasses.replace(request, seed=4))
     assert (a - c).abs().mean() > 1e-3
+
+
+def test_demo_i2v_keeps_the_given_first_frame_and_moves_it_as_asked():
+    """demo-i2v, embedded weights, the preset's sampler: given a shapes-world clip's first
+    frame and its caption, frame 0 of the output matches the image (PSNR >= 30 dB: the VAE's
+    reconstruction) and the analyzer reads the caption's colour, shape and motion."""
+    from cineforge.api import load_pipeline
+    from cineforge.cli.eval import first_frame_psnr
+    from cineforge.data.shapes import heldin_prompts, render
+
+    spec = next(s for s in heldin_prompts(12, layout="centred")
+                if (s.main.shape, s.main.motion) == ("circle", "left"))  # a purple one
+    pipe = load_pipeline("demo-i2v", device="cpu")
+    video = pipe(spec.caption, image=torch.from_numpy(render(spec)[0]), seed=0)
+    frames = video.numpy()
+    assert first_frame_psnr(frames, spec) >= 30
+    got = analyze_clip(frames)
+    assert (got.colour, got.shape, got.motion) == (spec.main.colour, spec.main.shape, "left")

@@ -102,12 +102,13 @@ DEMO_FLASH = dataclasses.replace(
 )
 # The demo trained on to take a first frame (configs/demo/i2v.yaml, flow.first_frame: the
 # first latent frame clean with time 0, as Wan 2.2 TI2V and Kandinsky 4.0's I2V): image-to-
-# video, and text-to-video without an image; same sampler, VAE and text encoder.
+# video, and text-to-video without an image; same sampler, VAE and text encoder. Its weights
+# ship inside the package (cineforge/assets/demo-i2v, the stage's EMA export).
 DEMO_I2V_FAMILY = dataclasses.replace(DEMO_FAMILY, name="demo-i2v", pipeline=TextImageToVideo)
 DEMO_I2V = dataclasses.replace(
     DEMO, name="demo-i2v", family=DEMO_I2V_FAMILY,
     summary="the demo with a first frame: image-to-video (and text-to-video), 64x64",
-    embedded=None,
+    embedded="demo-i2v",
 )
 # The demo architecture at toy size, random weights (tests and CI; bring your own weights).
 DEMO_TINY = dataclasses.replace(

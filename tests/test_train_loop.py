@@ -475,3 +475,25 @@ def test_cli_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_log_averages_each_part_over_the_steps_that_report_it():
+    """A part some steps do not report (an image-to-video sub-batch drawn on some steps only)
+    is averaged over the steps that report it; parts of earlier steps are not dropped."""
+    from types import SimpleNamespace
+
+    from cineforge.train.loop import StepRecord
+
+    def record(step, parts):
+        return StepRecord(step, 1.0, parts, 1e-3, 0.5, 2.0, 10)
+
+    trainer = SimpleNamespace(step=3, model=torch.nn.Linear(2, 2),
+                              task=SimpleNamespace(work_unit="tokens"))
+    window = [record(1, {"loss_image": 0.2, "loss_video_i2v": 0.4}),
+              record(2, {"loss_image": 0.4, "loss_video": 0.1}),
+              record(3, {"loss_image": 0.6, "loss_video": 0.3})]
+    summary = Trainer._summary(trainer, window)
+    assert summary["loss_image"] == pytest.approx(0.4)
+    assert summary["loss_video"] == pytest.approx(0.2)
+    assert summary["loss_video_i2v"] == pytest.approx(0.4)
+    assert summary["tokens_per_s"] == pytest.approx(5.0)

@@ -238,7 +238,7 @@ def _load_model(cls, source: str | Path, *, unused: tuple[str, ...] = (), **kwar
     model, info = _from_pretrained(
         cls, source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
-    check_loading_info(cls, source, info, unused)
+    _check_loading_info(cls, source, info, unused)
     return model
 
 
@@ -249,11 +249,11 @@ def load_state_strict(cls, config, state: dict[str, torch.Tensor], source: str |
     model, info = cls.from_pretrained(None, config=config, state_dict=state,
                                       output_loading_info=True, ignore_mismatched_sizes=True,
                                       **kwargs)
-    check_loading_info(cls, source, info)
+    _check_loading_info(cls, source, info)
     return model
 
 
-def check_loading_info(cls, source: str | Path, info: dict, unused: tuple[str, ...] = ()) -> None:
+def _check_loading_info(cls, source: str | Path, info: dict, unused: tuple[str, ...] = ()) -> None:
     """Raise on what ``from_pretrained``'s loading info reports wrong (see ``_load_model``)."""
     problems = []
     if missing := sorted(info["missing_keys"]):

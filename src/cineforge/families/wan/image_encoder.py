@@ -69,8 +69,7 @@ def load_image_encoder(folder: Path, layout: str, dtype: torch.dtype) -> WanImag
         model = _load_model(CLIPVisionModel, where, dtype=dtype)
     elif layout == "official" and (Path(folder) / CLIP_FILE).is_file():
         state = read_torch(Path(folder) / CLIP_FILE)
-        visual = {k: v for k, v in state.items() if k.startswith("visual.")}
-        model = load_state_strict(CLIPVisionModel, official_clip_config(visual),
+        model = load_state_strict(CLIPVisionModel, official_clip_config(state),
                                   convert_official_clip(state), Path(folder) / CLIP_FILE,
                                   dtype=dtype)
     else:

@@ -3,6 +3,7 @@ gradients, errors, and its way through the trainer's export and loader."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from cineforge.families.demo.vae import COMPACT_VAE_TINY, CompactVAE, CompactVAE
 from cineforge.train.config import ModelSpec
 from cineforge.train.export import save_weights
 from cineforge.train.models import load_vae, model_config, read_vae_config
+from cineforge.train.run import build_task
 from cineforge.weights.files import write_model_config
 from oracles import perturb
 
@@ -129,3 +131,39 @@ def test_edge_error_is_the_l1_distance_between_image_gradients():
     vertical = (err[..., 1:, 2] - err[..., :-1, 2]).abs()
     expected = (horizontal.sum() / (2 * 2 * 2 * 5 * 3) + vertical.sum() / (2 * 2 * 4 * 3)) / 2
     torch.testing.assert_close(edge_error(err, w), expected)
+
+
+def test_decoder_only_training_keeps_the_encoder_and_its_latent_statistics(tmp_path, vae):
+    from safetensors.torch import load_file
+
+    from cineforge.train.config import load_config
+    from cineforge.train.run import train
+    from train_runs import CONFIGS
+
+    source = tmp_path / "source"
+    stats = {"latents_mean": (0.5, -0.25, 0.1, 2.0), "latents_std": (1.5, 0.5, 3.0, 0.75)}
+    source.mkdir()
+    save_weights(vae, source / "vae.safetensors")
+    write_model_config(dataclasses.replace(vae.config, **stats), source / "vae.json")
+    sets = ["model.preset=demo-tiny", "vae.decoder_only=true", "steps=2", "optim.lr=0.01"]
+    config = load_config(CONFIGS / "tiny_vae.yaml",
+                         [f"out={tmp_path / 'run'}", f"init={source / 'vae.safetensors'}", *sets])
+    export = train(config, progress=False)
+
+    before, after = load_file(source / "vae.safetensors"), load_file(export / "vae.safetensors")
+    encoder = tuple(f"{name}." for name in CompactVAE.encoder_modules)
+    assert {k for k in after if k.startswith(encoder)} and set(after) == set(before)
+    for name, weight in after.items():
+        if name.startswith(encoder):
+            assert torch.equal(weight, before[name]), f"encoder weight {name} changed"
+    changed = [k for k in after
+               if not k.startswith(encoder) and not torch.equal(after[k], before[k])]
+    assert len(changed) > len(after) // 4  # the decoder trained
+    spec = ModelSpec("demo-tiny")
+    assert read_vae_config(spec, export / "vae.json") == read_vae_config(spec, source / "vae.json")
+
+    with pytest.raises(CineforgeError, match="set init to its vae.safetensors"):
+        build_task(load_config(CONFIGS / "tiny_vae.yaml", [f"out={tmp_path / 'x'}", *sets]))
+    with pytest.raises(CineforgeError, match="not supported for the Wan"):
+        build_task(load_config(CONFIGS / "tiny_vae.yaml",
+                               [f"out={tmp_path / 'y'}", "vae.decoder_only=true"]))

@@ -221,6 +221,9 @@ class LatentVideoVAE(nn.Module):
     """
 
     label = "the VAE"  # names the model in error messages
+    # the submodules ``moments`` runs through: a decoder-only fine-tune freezes them, keeping
+    # the latent space a DiT was trained on (empty: not supported by this VAE)
+    encoder_modules: tuple[str, ...] = ()
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruct a video through the posterior mean."""

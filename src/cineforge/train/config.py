@@ -143,7 +143,9 @@ class VAEObjective:
     trained on random ``crop``-pixel squares of ``clip_frames``-frame windows (0 = whole).
     ``detail_weight`` w > 0 weights the reconstruction of pixels that stand out from their
     neighbourhood by ``1 + w`` (``cineforge.train.vae_task.pixel_detail_weights``).
-    ``edge`` > 0 adds ``edge * |grad x - grad x'|`` (neighbour differences, same weights)."""
+    ``edge`` > 0 adds ``edge * |grad x - grad x'|`` (neighbour differences, same weights).
+    ``decoder_only`` trains the decoder of the VAE ``init.file`` names with its encoder
+    frozen: the latent space, and so every DiT trained on it, stays valid."""
 
     l1: float = 1.0
     mse: float = 1.0
@@ -156,6 +158,7 @@ class VAEObjective:
     val_images: int = 4  # fixed held-aside items, validated at full size and length
     val_videos: int = 2
     stats_items: int = 32  # items whose latents give the exported per-channel mean / std
+    decoder_only: bool = False  # encoder frozen; the export keeps init's latent statistics
 
     def __post_init__(self) -> None:
         _require(min(self.l1, self.mse, self.kl, self.detail_weight, self.edge) >= 0

@@ -16,12 +16,17 @@ vertical neighbour differences of every frame, weighted the same way: a pixel lo
 corners round off (diamonds decoded as circles) and leaves stripes the eye sees at once
 
 and the step's loss is the mean of the sub-batch losses weighted by their pixel counts
-(the same as one mean over all pixels of the step). The causal VAE encodes a clip's first
-frame alone and then groups of 4 frames through a cache of past frames, so a model trained
-on short windows runs on longer clips, provided the windows hold at least two groups after
-the first frame (9 frames): with 5-frame windows no chunk ever sees a cache filled by a
-regular chunk, and 17-frame reconstructions degrade. Validation measures exactly that, on a
-fixed held-aside set at full size and length, through the inference API (posterior mean).
+(the same as one mean over all pixels of the step). With ``vae.decoder_only`` the encoder of
+the exported VAE ``init.file`` names stays frozen (its moments run without gradients) and
+only the decoder trains: a sharper decoder for latents DiTs were already trained on, whose
+export keeps that VAE's latent statistics (``vae.json`` beside ``init.file``) exactly.
+
+The causal VAE encodes a clip's first frame alone and then groups of 4 frames through a
+cache of past frames, so a model trained on short windows runs on longer clips, provided the
+windows hold at least two groups after the first frame (9 frames): with 5-frame windows no
+chunk ever sees a cache filled by a regular chunk, and 17-frame reconstructions degrade.
+Validation measures exactly that, on a fixed held-aside set at full size and length, through
+the inference API (posterior mean).
 
 ``encode_moments`` runs without gradients (it is the inference API), so training
 walks the same chunks here with gradients enabled.
@@ -43,6 +48,7 @@ from cineforge.train.data import shapes_world
 from cineforge.train.export import save_weights
 from cineforge.train.loop import StepLoss
 from cineforge.train.models import model_config as model_config_of
+from cineforge.train.models import read_vae_config
 from cineforge.train.saliency import detail_weights
 from cineforge.weights.files import write_model_config
 
@@ -98,6 +104,7 @@ class VAETask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # PyTorch's default init draws from the global RNG
             self.model = family.build("vae", model_config)
+        self.kept_stats = _freeze_encoder(self.model, config) if config.vae.decoder_only else None
         self.images = shapes_world(config.data, "train_images", image_fraction=1.0)
         self.videos = shapes_world(config.data, "train_videos", image_fraction=0.0)
         self.position = {"images": 0, "videos": 0}
@@ -148,7 +155,8 @@ class VAETask:
         parts: dict[str, float] = {}
         for kind, video in batch.items():
             video = video.to(device)
-            mu, logvar = model.moments(video)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not o.decoder_only):
+                mu, logvar = model.moments(video)
             logvar = logvar.clamp(-30.0, 20.0)
             z = mu
             if o.sample:
@@ -190,7 +198,24 @@ class VAETask:
     # ------------------------------------------------------------------ export
 
     def export(self, model: nn.Module, folder: Path) -> list[Path]:
-        return export_vae(model, self.config, Path(folder))
+        return export_vae(model, self.config, Path(folder), self.kept_stats)
+
+
+def _freeze_encoder(model: LatentVideoVAE, config: TrainConfig) -> tuple[tuple[float, ...], ...]:
+    """Freeze ``model``'s encoder for ``vae.decoder_only``; returns the latent statistics of
+    the exported VAE that ``init.file`` names (its ``vae.json``), which the export keeps."""
+    if not model.encoder_modules:
+        raise CineforgeError(f"vae.decoder_only is not supported for {model.label}; train the "
+                             "whole VAE (vae.decoder_only: false)")
+    init = Path(config.init.file) if config.init.file else None
+    if init is None or init.suffix != ".safetensors" or not (init.parent / "vae.json").is_file():
+        raise CineforgeError("vae.decoder_only fine-tunes the decoder of an exported VAE: set "
+                             "init to its vae.safetensors, with its vae.json beside it (got "
+                             f"init {config.init.file or config.init.run or 'none'})")
+    for name in model.encoder_modules:
+        model.get_submodule(name).requires_grad_(False)
+    kept = read_vae_config(config.model, init.parent / "vae.json")
+    return tuple(kept.latents_mean), tuple(kept.latents_std)
 
 
 @torch.no_grad()
@@ -204,10 +229,12 @@ def latent_stats(model: LatentVideoVAE, config: TrainConfig) -> tuple[tuple[floa
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-6).tolist())
 
 
-def export_vae(model: LatentVideoVAE, config: TrainConfig, folder: Path) -> list[Path]:
-    """``vae.safetensors`` (fp16) and ``vae.json``: the model's config with the measured
-    latent statistics, so its ``encode`` gives roughly zero-mean, unit-variance latents."""
-    mean, std = latent_stats(model, config)
+def export_vae(model: LatentVideoVAE, config: TrainConfig, folder: Path,
+               stats: tuple[tuple[float, ...], ...] | None = None) -> list[Path]:
+    """``vae.safetensors`` (fp16) and ``vae.json``: the model's config with the latent
+    statistics ``stats`` (default: measured), so its ``encode`` gives roughly zero-mean,
+    unit-variance latents."""
+    mean, std = stats or latent_stats(model, config)
     model_config = dataclasses.replace(model.config, latents_mean=mean, latents_std=std)
     return [save_weights(model, folder / "vae.safetensors"),
             write_model_config(model_config, folder / "vae.json")]

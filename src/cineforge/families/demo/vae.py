@@ -117,6 +117,8 @@ class CompactVAE(LatentVideoVAE):
     """See the module docstring; the public API is ``LatentVideoVAE``'s."""
 
     label = "the compact VAE"
+    encoder_modules = ("image_in", "video_in", "down", "encoder_time", "encoder_norm",
+                       "to_moments")
 
     def __init__(self, config: CompactVAEConfig) -> None:
         super().__init__()

@@ -167,3 +167,37 @@ def test_decoder_only_training_keeps_the_encoder_and_its_latent_statistics(tmp_p
     with pytest.raises(CineforgeError, match="not supported for the Wan"):
         build_task(load_config(CONFIGS / "tiny_vae.yaml",
                                [f"out={tmp_path / 'y'}", "vae.decoder_only=true"]))
+
+
+def test_a_wider_decoder_trains_afresh_behind_a_kept_encoder(tmp_path, vae):
+    from safetensors.torch import load_file
+
+    from cineforge.train.config import load_config
+    from cineforge.train.run import train
+    from train_runs import CONFIGS
+
+    wide = dataclasses.replace(vae.config, decoder_widths=(16, 24), decoder_res_blocks=2)
+    model = CompactVAE(wide)
+    assert model.decode_raw(model.moments(_video(5))[0]).shape == (2, 3, 5, 16, 24)
+    assert model.up[0].conv1.in_channels == 24 and len(model.up) == 2 + 1 + 2
+    with pytest.raises(ValueError, match="one per level"):
+        CompactVAEConfig(widths=(8, 16), decoder_widths=(16,), z_dim=4, norm_groups=4,
+                         latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4)
+
+    source = tmp_path / "source"
+    source.mkdir()
+    save_weights(vae, source / "vae.safetensors")
+    write_model_config(vae.config, source / "vae.json")
+    decoder = [m for m in dict(model.named_children()) if m not in CompactVAE.encoder_modules]
+    config = load_config(CONFIGS / "tiny_vae.yaml", [
+        f"out={tmp_path / 'run'}", f"init={source / 'vae.safetensors'}", "steps=2",
+        "model.preset=demo-tiny", "model.overrides.decoder_widths=[16, 24]",
+        "model.overrides.decoder_res_blocks=2", "vae.decoder_only=true",
+        f"init_fresh=[{', '.join(decoder)}]"])
+    export = train(config, progress=False)
+    before, after = load_file(source / "vae.safetensors"), load_file(export / "vae.safetensors")
+    for name in CompactVAE.encoder_modules:
+        keys = [k for k in before if k.startswith(name + ".")]
+        assert keys and all(torch.equal(after[k], before[k]) for k in keys), name
+    assert after["from_latent.weight"].shape == (24, 4, 3, 3)
+    assert read_vae_config(ModelSpec("demo-tiny"), export / "vae.json") == wide

@@ -190,8 +190,9 @@ class Trainer:
         checkpoint or a ``.safetensors`` state dict such as an exported ``dit.safetensors``);
         the optimiser, schedule, EMA warm-up and data stream start afresh. Keys and shapes must
         match, except that modules named in ``config.init_fresh`` (added to the model since, or
-        to be re-initialised) keep their fresh initialisation, whether the weights hold them or
-        not."""
+        to be re-initialised, e.g. at another size) keep their fresh initialisation: whatever
+        the weights hold under those names is not read (nor, for a module the model no longer
+        has, such as a dropped position table, refused)."""
         spec = init if isinstance(init, InitSpec) else InitSpec(file=str(init))
         path = _run_checkpoint(spec) if spec.run else Path(spec.file)
         what = f"init weights {path}"
@@ -209,6 +210,7 @@ class Trainer:
             weights = state["ema"]["model"] if spec.weights == "ema" else state["model"]
             what += f" ({spec.weights})"
         fresh = self.config.init_fresh
+        weights = {k: v for k, v in weights.items() if not in_modules(k, fresh)}
         check_state_dict(self.model, weights, what=what, may_miss=fresh)
         own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
         self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()

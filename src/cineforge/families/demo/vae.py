@@ -38,18 +38,32 @@ class CompactVAEConfig:
     norm_groups: int = 8
     latents_mean: tuple[float, ...] = (0.0,) * 16
     latents_std: tuple[float, ...] = (1.0,) * 16
+    # the decoder's own widths and res blocks per level (() and 0: the encoder's), e.g. a
+    # wider decoder fine-tuned behind a trained encoder (``vae.decoder_only``)
+    decoder_widths: tuple[int, ...] = ()
+    decoder_res_blocks: int = 0
 
     def __post_init__(self) -> None:
         if not self.widths or min(self.widths) < 1 or self.z_dim < 1:
             raise ValueError(f"widths and z_dim must be positive, got {self.widths}, {self.z_dim}")
-        if any(w % self.norm_groups for w in self.widths):
+        if self.decoder_widths and (len(self.decoder_widths) != len(self.widths)
+                                    or min(self.decoder_widths) < 1):
+            raise ValueError(f"decoder_widths must be () or {len(self.widths)} positive widths "
+                             f"(one per level, as widths), got {self.decoder_widths}")
+        if any(w % self.norm_groups for w in (*self.widths, *self.decoder_widths)):
             raise ValueError(f"every width must be divisible by norm_groups={self.norm_groups}")
-        if self.frames_per_latent < 1 or self.num_res_blocks < 1:
-            raise ValueError("frames_per_latent and num_res_blocks must be >= 1")
+        if self.frames_per_latent < 1 or self.num_res_blocks < 1 or self.decoder_res_blocks < 0:
+            raise ValueError("frames_per_latent and num_res_blocks must be >= 1, "
+                             "decoder_res_blocks >= 0")
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError("latents_mean and latents_std need z_dim values each")
         if min(self.latents_std) <= 0:
             raise ValueError("latents_std must be positive")
+
+    @property
+    def decoder_levels(self) -> tuple[tuple[int, ...], int]:
+        """The decoder's widths (full resolution first) and res blocks per level."""
+        return self.decoder_widths or self.widths, self.decoder_res_blocks or self.num_res_blocks
 
     @property
     def spatial_ratio(self) -> int:
@@ -130,12 +144,13 @@ class CompactVAE(LatentVideoVAE):
         self.encoder_time = CausalTimeMix(wl)
         self.encoder_norm = nn.GroupNorm(c.norm_groups, wl)
         self.to_moments = nn.Conv2d(wl, 2 * c.z_dim, 1)
-        self.from_latent = nn.Conv2d(c.z_dim, wl, 3, padding=1)
-        self.decoder_time = CausalTimeMix(wl)
-        self.up = _levels(c.widths, c.num_res_blocks, c.norm_groups, down=False)
-        self.decoder_norm = nn.GroupNorm(c.norm_groups, w0)
-        self.image_out = nn.Conv2d(w0, 3, 3, padding=1)
-        self.video_out = nn.Conv2d(w0, 3 * r, 3, padding=1)
+        widths, blocks = c.decoder_levels
+        self.from_latent = nn.Conv2d(c.z_dim, widths[-1], 3, padding=1)
+        self.decoder_time = CausalTimeMix(widths[-1])
+        self.up = _levels(widths, blocks, c.norm_groups, down=False)
+        self.decoder_norm = nn.GroupNorm(c.norm_groups, widths[0])
+        self.image_out = nn.Conv2d(widths[0], 3, 3, padding=1)
+        self.video_out = nn.Conv2d(widths[0], 3 * r, 3, padding=1)
 
     def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_video(video)

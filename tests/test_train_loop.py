@@ -443,6 +443,25 @@ def test_cache_meta_records_set_world_knobs_only(vae_dir):
     assert {k: v for k, v in narrow.items() if k not in knobs} == whole
 
 
+def test_cache_meta_leaves_a_default_decoder_size_out(tmp_path):
+    """The compact VAE's decoder size came later: at its default it stays out of the meta,
+    so caches encoded before still match; a VAE with its own decoder size records it."""
+    from cineforge.families.demo.vae import COMPACT_VAE_TINY
+    from cineforge.train.run import cache_meta
+    from cineforge.weights.files import write_model_config
+
+    metas = {}
+    for name, vae in (("plain", COMPACT_VAE_TINY),
+                      ("wide", dataclasses.replace(COMPACT_VAE_TINY, decoder_widths=(8, 32)))):
+        (tmp_path / name).mkdir()
+        write_model_config(vae, tmp_path / name / "vae.json")
+        config = load_config(CONFIGS / "tiny_dit.yaml",
+                             ["model.preset=demo-tiny", f"cache.vae={tmp_path / name}"])
+        metas[name] = cache_meta(config)["vae"]
+    assert not {"decoder_widths", "decoder_res_blocks"} & set(metas["plain"])
+    assert metas["plain"]["widths"] == (8, 16) and metas["wide"]["decoder_widths"] == (8, 32)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

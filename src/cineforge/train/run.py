@@ -112,7 +112,7 @@ def cache_meta(config: TrainConfig) -> dict:
     """What the cache's items depend on; a cache built with other values is refused."""
     vae = read_vae_config(config.model, _vae_folder(config) / "vae.json")
     return {
-        "vae": {"type": type(vae).__name__, **dataclasses.asdict(vae)},
+        "vae": {"type": type(vae).__name__, **_vae_fields(vae)},
         "latent_channels": vae.z_dim,
         "text_encoder": TEXT_ENCODER, "text_dim": TEXT_DIM, "text_len": config.cache.text_len,
         "source": _world_source(shapes_world(config.data, "cache").config),
@@ -122,6 +122,17 @@ def cache_meta(config: TrainConfig) -> dict:
 # World knobs added after caches were first built: left out at their defaults (the whole
 # world, objects at their first sizes), so those caches still match.
 _LATER_KNOBS = ("backgrounds", "motions", "object_scale", "wording")
+
+
+# VAE config fields added since (the compact VAE's own decoder size): left out at their
+# defaults, like the world knobs, so a cache still matches the VAE that encoded it.
+_LATER_VAE_FIELDS = ("decoder_widths", "decoder_res_blocks")
+
+
+def _vae_fields(vae) -> dict:
+    defaults = {f.name: f.default for f in dataclasses.fields(vae)}
+    return {k: v for k, v in dataclasses.asdict(vae).items()
+            if k not in _LATER_VAE_FIELDS or v != defaults[k]}
 
 
 def _world_source(world: ShapesWorldConfig) -> dict:

@@ -99,14 +99,84 @@ def test_pooled_text_adds_the_mean_text_state_to_the_time_embedding():
 
 
 @functools.cache
-def _perturbed(table: tuple[int, ...], pooled: bool) -> DemoDiT:
-    return perturbed(DemoDiT(_config(position_table=table, pooled_text=pooled)))
+def _perturbed(table: tuple[int, ...], pooled: bool, field: bool) -> DemoDiT:
+    return perturbed(DemoDiT(_config(position_table=table, pooled_text=pooled,
+                                     position_field=field)))
 
 
-@pytest.mark.parametrize(("table", "pooled"), [((5, 4, 6), False), ((), True)],
-                         ids=["position_table", "pooled_text"])
+@pytest.mark.parametrize(("table", "pooled", "field"),
+                         [((5, 4, 6), False, False), ((), True, False), ((), False, True)],
+                         ids=["position_table", "pooled_text", "position_field"])
 @pytest.mark.parametrize("pad", [True, False], ids=["padded_text", "trimmed_text"])
-def test_forward_packed_equals_forward_per_item(pad, table, pooled):
+def test_forward_packed_equals_forward_per_item(pad, table, pooled, field):
     """Each extension's terms follow their item in a pack (the packed items' token grids
     all fit a (5, 4, 6) table): packed == per-item forward."""
-    assert_packed_equals_per_item(_perturbed(table, pooled), pad)
+    assert_packed_equals_per_item(_perturbed(table, pooled, field), pad)
+
+
+def test_position_field_fitted_to_a_table_reproduces_the_table_model_at_any_grid():
+    """A table model's weights start a field model (``adapt_init_weights`` fits the field to
+    the table): same output on the table's grid; the field model also runs at a larger grid,
+    where the table model refuses."""
+    from cineforge.families.demo.dit import PositionField
+
+    table_model, _ = _demo_and_wan(7, position_table=(3, 4, 6))
+    field_model = DemoDiT(_config(position_field=True)).init_weights(gen(8)).eval()
+    weights = field_model.adapt_init_weights(table_model.state_dict())
+    assert "pos_table" not in weights and "pos_field.mlp.0.weight" in weights
+    field_model.load_state_dict(weights)
+    g = gen(9)
+    x, context = torch.randn(2, 16, 3, 8, 12, generator=g), torch.randn(2, 5, 32, generator=g)
+    with torch.no_grad():
+        field = field_model.pos_field((3, 4, 6))
+        table = table_model.pos_table.reshape(72, -1)
+        assert ((field - table).norm() / table.norm()) < 1e-3
+        want = table_model(x, 0.6, context)
+        torch.testing.assert_close(field_model(x, 0.6, context), want, rtol=0,
+                                   atol=1e-3 * want.abs().max().item())
+        big = torch.randn(1, 16, 5, 16, 20, generator=g)
+        assert field_model(big, 0.6, context[:1]).isfinite().all()
+        with pytest.raises(CineforgeError, match="larger than this model's position table"):
+            table_model(big, 0.6, context[:1])
+
+    # features: sin / cos (pi k p) of each axis's cell centres p = (i + 1/2) / n
+    f = PositionField(8, frequencies=2)
+    feats = f.features((1, 2, 4))
+    assert feats.shape == (8, 12)
+    k = torch.tensor([1.0, 2.0]) * torch.pi
+    col = torch.tensor(2.5 / 4) * k  # token (0, 1, 2): column 2 of 4
+    torch.testing.assert_close(feats[1 * 4 + 2, 8:], torch.cat([col.sin(), col.cos()]))
+    row = torch.tensor(1.5 / 2) * k
+    torch.testing.assert_close(feats[1 * 4 + 2, 4:8], torch.cat([row.sin(), row.cos()]))
+
+    # weights that are already a field's, or a model without a field: passed through
+    assert field_model.adapt_init_weights(weights) is weights
+    plain_weights = table_model.state_dict()
+    assert table_model.adapt_init_weights(plain_weights) is plain_weights
+    with pytest.raises(ValueError, match="set one of them"):
+        _config(position_table=(3, 4, 6), position_field=True)
+
+
+def test_trainer_starts_a_field_model_from_a_table_models_weights(tmp_path):
+    """``Trainer.initialise`` lets the model adapt an earlier design's weights: a table
+    model's file starts a field model whose field gives the table's vectors."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from cineforge.train.config import load_config
+    from cineforge.train.loop import Trainer
+    from train_runs import CONFIGS
+
+    table_model, _ = _demo_and_wan(7, position_table=(3, 4, 6))
+    save_file({k: v.contiguous() for k, v in table_model.state_dict().items()},
+              tmp_path / "dit.safetensors")
+    field_model = DemoDiT(_config(position_field=True)).init_weights(gen(8))
+    config = load_config(CONFIGS / "tiny_dit.yaml", [f"out={tmp_path / 'run'}"])
+    trainer = Trainer(config, SimpleNamespace(model=field_model, name="dit"), tmp_path / "run")
+    trainer.initialise(tmp_path / "dit.safetensors")
+    with torch.no_grad():
+        field, table = field_model.pos_field((3, 4, 6)), table_model.pos_table.reshape(72, -1)
+        assert ((field - table).norm() / table.norm()) < 1e-3
+        assert torch.equal(field_model.blocks[0].self_attn.q.weight,
+                           table_model.blocks[0].self_attn.q.weight)

@@ -192,7 +192,9 @@ class Trainer:
         match, except that modules named in ``config.init_fresh`` (added to the model since, or
         to be re-initialised, e.g. at another size) keep their fresh initialisation: whatever
         the weights hold under those names is not read (nor, for a module the model no longer
-        has, such as a dropped position table, refused)."""
+        has, refused). A model with ``adapt_init_weights(weights) -> weights`` converts the
+        weights of an earlier design of itself first (the demo DiT fits its position field to
+        a position table)."""
         spec = init if isinstance(init, InitSpec) else InitSpec(file=str(init))
         path = _run_checkpoint(spec) if spec.run else Path(spec.file)
         what = f"init weights {path}"
@@ -209,6 +211,9 @@ class Trainer:
                                      f"not a {self.task.name} run")
             weights = state["ema"]["model"] if spec.weights == "ema" else state["model"]
             what += f" ({spec.weights})"
+        adapt = getattr(self.model, "adapt_init_weights", None)  # an earlier design's weights
+        if adapt is not None:
+            weights = adapt(weights)
         fresh = self.config.init_fresh
         weights = {k: v for k, v in weights.items() if not in_modules(k, fresh)}
         check_state_dict(self.model, weights, what=what, may_miss=fresh)

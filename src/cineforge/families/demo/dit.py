@@ -21,6 +21,7 @@ image-to-video weights are trained with; without it, it is text-to-video, unchan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ from cineforge.models.text_encoders import TextStates, mean_pool
 @dataclass(frozen=True, kw_only=True)
 class DemoDiTConfig(WanDiTConfig):
     position_table: tuple[int, ...] = ()  # token grid (frames, rows, columns); () is off
+    position_field: bool = False  # absolute positions from a PositionField, at any grid
     pooled_text: bool = False
 
     def __post_init__(self) -> None:
@@ -43,6 +45,9 @@ class DemoDiTConfig(WanDiTConfig):
                                     or min(self.position_table) <= 0):
             raise ValueError("position_table must be () or 3 positive ints (token grid "
                              f"frames, rows, columns), got {self.position_table}")
+        if self.position_table and self.position_field:
+            raise ValueError("position_table and position_field are two ways to give "
+                             "absolute positions; set one of them")
 
     @property
     def max_token_grid(self) -> tuple[int, int, int] | None:
@@ -58,6 +63,8 @@ class DemoDiT(WanTI2VDiT):
         c = config
         if c.position_table:
             self.pos_table = nn.Parameter(torch.zeros(*c.position_table, c.dim))
+        if c.position_field:
+            self.pos_field = PositionField(c.dim)
         if c.pooled_text:
             self.text_pool_embedding = nn.Sequential(
                 nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
@@ -77,6 +84,8 @@ class DemoDiT(WanTI2VDiT):
                         "and columns (the demo: 17 frames at 64x64)")
             token_term = torch.cat([self.pos_table[: g[0], : g[1], : g[2]].reshape(-1, c.dim)
                                     for g in grids])[None]
+        if c.position_field:
+            token_term = torch.cat([self.pos_field(g) for g in grids])[None]
         time_term = None
         if c.pooled_text:
             pooled = (pool_text(contexts) if isinstance(contexts, torch.Tensor)
@@ -95,7 +104,89 @@ class DemoDiT(WanTI2VDiT):
             nn.init.zeros_(self.text_pool_embedding[2].weight)
         if self.config.position_table:
             nn.init.normal_(self.pos_table, std=0.3, generator=generator)
+        if self.config.position_field:
+            self.pos_field.init_weights(generator)
         return self
+
+    def adapt_init_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights of a position-table model start a position-field one: the field is fitted
+        to the table (``PositionField.fit``), so the model starts where the table's left it,
+        and then runs at any grid. Other weights pass through unchanged."""
+        if not (self.config.position_field and "pos_table" in weights
+                and not any(k.startswith("pos_field.") for k in weights)):
+            return weights
+        field = PositionField(self.config.dim)
+        field.fit(weights["pos_table"].float())
+        out = {k: v for k, v in weights.items() if k != "pos_table"}
+        out.update({f"pos_field.{k}": v for k, v in field.state_dict().items()})
+        return out
+
+
+class PositionField(nn.Module):
+    """Absolute position as a function of where a token lies in its grid, so a model can run
+    at grids other than the one it trained at. Each axis (latent frame, row, column) of a
+    ``T x H x W`` grid gives the token's cell centre as a share of the axis,
+    ``p = (i + 1/2) / n`` in (0, 1), expanded as ``sin(pi k p), cos(pi k p)`` for
+    ``k = 1..frequencies``; an MLP (two SiLU layers) maps the three axes' features together,
+    so it can give every token of the training grid its own vector (a per-axis sum cannot:
+    the demo needs a frame x column interaction to place an object moving right). At a larger
+    grid the same function is read between the training grid's cell centres: positions are
+    shares of the clip and of the frame, not token counts."""
+
+    def __init__(self, dim: int, frequencies: int = 8, hidden: int = 512) -> None:
+        super().__init__()
+        self.frequencies = frequencies
+        self.mlp = nn.Sequential(nn.Linear(6 * frequencies, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def features(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``T H W, 6 frequencies`` Fourier features of the grid's cell centres, fp32."""
+        device = self.mlp[0].weight.device
+        k = torch.arange(1, self.frequencies + 1, device=device, dtype=torch.float32) * math.pi
+        axes = []
+        for n in grid:
+            angle = ((torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n)[:, None] * k
+            axes.append(torch.cat([angle.sin(), angle.cos()], dim=-1))  # n, 2F
+        t, h, w = grid
+        grid_features = torch.cat([axes[0][:, None, None].expand(t, h, w, -1),
+                                   axes[1][None, :, None].expand(t, h, w, -1),
+                                   axes[2][None, None, :].expand(t, h, w, -1)], dim=-1)
+        return grid_features.reshape(t * h * w, -1)
+
+    def forward(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``T H W, dim`` position vectors, token order (frame, row, column)."""
+        weight = self.mlp[0].weight
+        return self.mlp(self.features(tuple(grid)).to(weight.dtype))
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> PositionField:
+        """Xavier-uniform layers, zero biases; the last layer small (std 0.02) so a fresh
+        field starts near no position term."""
+        for layer in self.mlp[:-1:2]:
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+            nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.mlp[-1].weight, std=0.02, generator=generator)
+        nn.init.zeros_(self.mlp[-1].bias)
+        return self
+
+    def fit(self, table: torch.Tensor, steps: int = 3000, lr: float = 3e-3) -> float:
+        """Fit the field to a position table (``T, H, W, dim``) on the table's grid, from a
+        fixed initialisation (deterministic); returns the relative error
+        ``||field - table|| / ||table||``."""
+        self.init_weights(torch.Generator().manual_seed(0))
+        target = table.reshape(-1, table.shape[-1]).float()
+        features = self.features(tuple(table.shape[:3]))
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = (self.mlp(features) - target).square().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+        with torch.no_grad():
+            return float((self.mlp(features) - target).norm() / target.norm())
 
 
 def pool_text(context: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,12 @@ of the shipped demo DiT (4 heads x 64) on a real clip: a ShapesWorld clip render
 size whose latent token grid is the benchmark's grid (32x32 tokens = 512x512 pixels; 32
 latent frames = 125 frames), encoded by the demo VAE, noised to flow time 0.5, run through
 the DiT with dense attention up to ``DEMO_LAYER``; tokens permuted into tile order. The demo
-trained at 64x64 and 17 frames, so this also shows its q/k at sizes it never saw.
+trained at 64x64 and 17 frames, so this also shows its q/k at sizes it never saw. A model
+with a position table (the shipped demo) refuses grids larger than its table, so that row is
+skipped unless ``--weights`` names a demo model with a position field (``position_field``),
+which runs at any grid.
 
-    python benchmarks/bench_nabla.py
+    python benchmarks/bench_nabla.py [--weights FOLDER]
 """
 
 from __future__ import annotations
@@ -56,15 +59,17 @@ class _Captured(Exception):
 
 
 @torch.no_grad()
-def demo_qkv(grid: tuple[int, int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """q, k, v (1, 4, L, 64) of the demo DiT's block ``DEMO_LAYER`` on a clip whose token
-    grid is ``grid``, in tile order. Raises CineforgeError without the embedded weights."""
+def demo_qkv(grid: tuple[int, int, int], seed: int = 0,
+             weights: str | None = None) -> tuple[torch.Tensor, ...]:
+    """q, k, v (1, 4, L, 64) of the demo DiT's block ``DEMO_LAYER`` (weights: the embedded
+    ones, or the folder ``weights``) on a clip whose token grid is ``grid``, in tile order.
+    Raises CineforgeError without the weights or where the model refuses the grid."""
     from cineforge.data.shapes import ShapesWorld, ShapesWorldConfig
     from cineforge.families.family import load_components
     from cineforge.families.registry import get_preset
 
     preset = get_preset("demo")
-    pipe = preset.family.make_pipeline(load_components(preset, None))
+    pipe = preset.family.make_pipeline(load_components(preset, weights))
     _, ph, pw = preset.dit.patch_size
     s, r = preset.vae.spatial_ratio, preset.vae.temporal_ratio
     world = ShapesWorld(ShapesWorldConfig(height=grid[1] * ph * s, width=grid[2] * pw * s,
@@ -88,10 +93,11 @@ def demo_qkv(grid: tuple[int, int, int], seed: int = 0) -> tuple[torch.Tensor, .
     raise RuntimeError("the capture hook did not fire")
 
 
-def make_qkv(kind: str, grid: tuple[int, int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+def make_qkv(kind: str, grid: tuple[int, int, int], seed: int = 0,
+             weights: str | None = None) -> tuple[torch.Tensor, ...]:
     """q, k, v (1, HEADS, L, DIM) in tile order (``demo model``: the demo's 4 heads)."""
     if kind == "demo model":
-        return demo_qkv(grid, seed)
+        return demo_qkv(grid, seed, weights)
     g = torch.Generator().manual_seed(seed)
     L = grid[0] * grid[1] * grid[2]
     if kind == "random":
@@ -141,7 +147,8 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def bench_size(grid: tuple[int, int, int], printer: Callable[[str], None]) -> list[dict]:
+def bench_size(grid: tuple[int, int, int], printer: Callable[[str], None],
+               weights: str | None = None) -> list[dict]:
     """Dense timed once per head count (its time does not depend on the values); NABLA timed
     per input kind, called twice at each new head count (compile or recompile at this shape,
     then a steady call). The ``demo model`` kind is skipped, with a note, without its weights."""
@@ -151,7 +158,7 @@ def bench_size(grid: tuple[int, int, int], printer: Callable[[str], None]) -> li
     compiled: set[int] = set()
     for kind in KINDS:
         try:
-            q, k, v = make_qkv(kind, grid)
+            q, k, v = make_qkv(kind, grid, weights=weights)
         except CineforgeError as exc:
             printer(f"{grid[0] * grid[1] * grid[2]:6d} {kind:16s} skipped: {exc}")
             continue
@@ -178,7 +185,7 @@ def bench_size(grid: tuple[int, int, int], printer: Callable[[str], None]) -> li
     return rows
 
 
-def run(printer: Callable[[str], None] = print) -> list[dict]:
+def run(printer: Callable[[str], None] = print, weights: str | None = None) -> list[dict]:
     printer(f"NABLA p={NABLA.p} sta={NABLA.sta_window} tile={NABLA.tile} vs dense SDPA; "
             f"1 x {HEADS} heads (demo: 4) x {DIM} dims, fp32, {torch.get_num_threads()} threads")
     printer(f"{'tokens':>6s} {'input':16s} {'heads':>5s} {'dense s':>8s} {'nabla s':>8s} "
@@ -186,9 +193,14 @@ def run(printer: Callable[[str], None] = print) -> list[dict]:
             f"{'compile s':>9s}")
     rows = []
     for grid in GRIDS:
-        rows += bench_size(grid, printer)
+        rows += bench_size(grid, printer, weights)
     return rows
 
 
 if __name__ == "__main__":
-    run()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="demo weights folder for the 'demo model' row "
+                        "(default: the embedded demo)")
+    run(weights=parser.parse_args().weights)

@@ -122,7 +122,10 @@ def test_parse_caption_reads_every_grammar_caption():
 def test_wording_knob_is_opt_in_and_refuses_heldout_for_training():
     from cineforge.train.config import DataConfig
     from cineforge.train.data import shapes_world
-    from cineforge.train.run import _world_source
+    from cineforge.train.run import _LATER_KNOBS, _recorded_fields
+
+    def _world_source(world):
+        return _recorded_fields(world, _LATER_KNOBS)
 
     assert DataConfig().wording == "template" and ShapesWorldConfig().wording == "template"
     world = shapes_world(DataConfig(wording="varied"), "train_videos")

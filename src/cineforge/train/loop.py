@@ -218,8 +218,8 @@ class Trainer:
         weights = {k: v for k, v in weights.items() if not in_modules(k, fresh)}
         check_state_dict(self.model, weights, what=what, may_miss=fresh)
         own = self.model.state_dict()  # loaded in place: the optimiser holds these parameters
-        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()
-                                    if not in_modules(k, fresh)}, strict=not fresh)
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()},
+                                   strict=not fresh)
         self.ema = EMA(self.model, self.config.optim.ema_decay)
 
     def save(self) -> Path:

@@ -10,7 +10,6 @@ import torch
 
 from cineforge.data.curate.shards import ShardDataset
 from cineforge.data.latents import INDEX, LatentCache, LatentItems, build_latent_cache
-from cineforge.data.shapes import ShapesWorldConfig
 from cineforge.errors import CineforgeError
 from cineforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from cineforge.train.config import TrainConfig, config_to_tree, load_config
@@ -112,33 +111,25 @@ def cache_meta(config: TrainConfig) -> dict:
     """What the cache's items depend on; a cache built with other values is refused."""
     vae = read_vae_config(config.model, _vae_folder(config) / "vae.json")
     return {
-        "vae": {"type": type(vae).__name__, **_vae_fields(vae)},
+        "vae": {"type": type(vae).__name__, **_recorded_fields(vae, _LATER_VAE_FIELDS)},
         "latent_channels": vae.z_dim,
         "text_encoder": TEXT_ENCODER, "text_dim": TEXT_DIM, "text_len": config.cache.text_len,
-        "source": _world_source(shapes_world(config.data, "cache").config),
+        "source": _recorded_fields(shapes_world(config.data, "cache").config, _LATER_KNOBS),
     }
 
 
-# World knobs added after caches were first built: left out at their defaults (the whole
-# world, objects at their first sizes), so those caches still match.
+# Fields added after caches were first built are left out of the meta at their defaults, so
+# those caches still match: world knobs (the whole world, objects at their first sizes) and
+# the compact VAE's own decoder size (which its latents do not depend on).
 _LATER_KNOBS = ("backgrounds", "motions", "object_scale", "wording")
-
-
-# VAE config fields added since (the compact VAE's own decoder size): left out at their
-# defaults, like the world knobs, so a cache still matches the VAE that encoded it.
 _LATER_VAE_FIELDS = ("decoder_widths", "decoder_res_blocks")
 
 
-def _vae_fields(vae) -> dict:
-    defaults = {f.name: f.default for f in dataclasses.fields(vae)}
-    return {k: v for k, v in dataclasses.asdict(vae).items()
-            if k not in _LATER_VAE_FIELDS or v != defaults[k]}
-
-
-def _world_source(world: ShapesWorldConfig) -> dict:
-    defaults = ShapesWorldConfig()
-    return {k: v for k, v in dataclasses.asdict(world).items()
-            if k not in _LATER_KNOBS or v != getattr(defaults, k)}
+def _recorded_fields(config, later: tuple[str, ...]) -> dict:
+    """``config``'s fields as a dict, minus the ``later`` ones still at their defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in later or v != defaults[k]}
 
 
 def ensure_cache(config: TrainConfig, *, progress: bool = False) -> LatentItems:

@@ -201,3 +201,64 @@ def test_a_wider_decoder_trains_afresh_behind_a_kept_encoder(tmp_path, vae):
         assert keys and all(torch.equal(after[k], before[k]) for k in keys), name
     assert after["from_latent.weight"].shape == (24, 4, 3, 3)
     assert read_vae_config(ModelSpec("demo-tiny"), export / "vae.json") == wide
+
+
+def test_critic_terms_each_train_only_their_own_player(vae):
+    from cineforge.train.vae_task import PatchCritic, VAEWithCritic
+
+    torch.manual_seed(0)
+    model = VAEWithCritic(CompactVAE(COMPACT_VAE_TINY), PatchCritic(8), critic_lr_scale=2.0)
+    video = _video(5, 16, 16)
+    assert model.critic(video).shape == (2 * 5, 4, 4)  # one score per 4x4 pixels per frame
+    decoded = model.vae.decode_raw(model.vae.moments(video)[0])
+    loss_d, loss_g = model.critic_losses(video, decoded)
+    critic = list(model.critic.parameters())
+    vae_params = list(model.vae.parameters())
+
+    grads = torch.autograd.grad(loss_d, critic + vae_params, allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[: len(critic)])
+    assert all(g is None for g in grads[len(critic):])  # the fake is detached for the critic
+    grads = torch.autograd.grad(loss_g, critic + vae_params, allow_unused=True)
+    assert all(g is None for g in grads[: len(critic)])  # the critic's weights are frozen here
+    decoder = [g for (name, _), g in zip(model.vae.named_parameters(), grads[len(critic):],
+                                          strict=True)
+               if not name.startswith(tuple(CompactVAE.encoder_modules))]
+    assert decoder and all(g is not None for g in decoder)
+
+    with torch.no_grad():  # a critic that scores 0 everywhere: the hinge's margins
+        model.critic.net[-1].weight.zero_()
+        model.critic.net[-1].bias.zero_()
+    loss_d, loss_g = model.critic_losses(video, decoded)
+    assert loss_d.item() == pytest.approx(2.0) and loss_g.item() == 0.0
+
+
+def test_adversarial_decoder_training_exports_a_bare_vae_and_resumes(tmp_path, vae):
+    from safetensors.torch import load_file
+
+    from cineforge.train.checkpoint import load_checkpoint
+    from cineforge.train.config import load_config
+    from cineforge.train.run import train
+    from train_runs import CONFIGS
+
+    source = tmp_path / "source"
+    source.mkdir()
+    save_weights(vae, source / "vae.safetensors")
+    write_model_config(vae.config, source / "vae.json")
+    sets = [f"init={source / 'vae.safetensors'}", "model.preset=demo-tiny",
+            "vae.decoder_only=true", "vae.adversarial=0.1", "vae.critic_width=8",
+            "vae.critic_lr_scale=4", "optim.lr=0.01", "checkpoint_every=1"]
+    config = load_config(CONFIGS / "tiny_vae.yaml", [f"out={tmp_path / 'run'}", "steps=2", *sets])
+    export = train(config, progress=False)
+    before, after = load_file(source / "vae.safetensors"), load_file(export / "vae.safetensors")
+    assert set(after) == set(before)  # the critic stays out of the export
+    encoder = tuple(f"{name}." for name in CompactVAE.encoder_modules)
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith(encoder))
+    assert any(not torch.equal(after[k], before[k]) for k in after if not k.startswith(encoder))
+
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("*"))
+    state = load_checkpoint(checkpoints[-1])
+    assert any(k.startswith("critic.") for k in state["model"])
+    again = load_config(CONFIGS / "tiny_vae.yaml", [f"out={tmp_path / 'run'}", "steps=3", *sets])
+    resumed = train(again, progress=False)  # continues from step 2 with the critic's state
+    assert load_checkpoint(sorted((tmp_path / "run" / "checkpoints").glob("*"))[-1])["step"] == 3
+    assert set(load_file(resumed / "vae.safetensors")) == set(before)

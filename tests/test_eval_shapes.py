@@ -153,3 +153,54 @@ def test_eval_first_frame_starts_from_the_ground_truth_frame_and_reports_its_psn
     assert main(["eval", "shapes", "--preset", "demo-tiny", "--weights", str(tmp_path),
                  "-n", "1", "--first-frame"]) == 2
     assert "--first-frame needs an image-to-video preset" in capsys.readouterr().err
+
+
+class _Resample(torch.nn.Module):
+    """A stand-in VAE: identity, or a 3x3 box blur of every frame ("decode")."""
+
+    def __init__(self, blur: bool) -> None:
+        super().__init__()
+        self.blur = blur
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return video
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.blur:
+            return z
+        frames = z.transpose(1, 2).flatten(0, 1)
+        blurred = torch.nn.functional.avg_pool2d(frames, 3, 1, 1, count_include_pad=False)
+        return blurred.unflatten(0, z.shape[:1] + z.shape[2:3]).transpose(1, 2)
+
+
+def test_reconstruction_score_reads_truth_and_reconstruction_apart():
+    import math
+
+    import numpy as np
+
+    from cineforge.eval.reconstruction import gradient_energy, reconstruction_score
+
+    specs = heldout_prompts(layout="centred")[:6]
+    same = reconstruction_score(_Resample(blur=False), specs, batch=4)
+    assert same.truth == same.reconstruction and same.truth.all_three == 1.0
+    assert same.psnr == math.inf and same.edge_energy == pytest.approx(1.0)
+    blurred = reconstruction_score(_Resample(blur=True), specs, batch=4)
+    assert blurred.truth == same.truth and 20 < blurred.psnr < 45
+    assert 0.05 < blurred.edge_energy < 0.7  # blur spreads each edge: less squared gradient
+    step = np.zeros((1, 4, 4, 3), np.uint8)
+    step[:, :, 2:] = 10  # one vertical edge of height 10 in every row and channel
+    assert gradient_energy(step) == 4 * 3 * 100
+
+
+def test_eval_vae_command_prints_truth_and_reconstruction_rows(capsys):
+    code = main(["eval", "vae", "-n", "4", "--layout", "centred", "--batch", "4"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert code == 0
+    assert [r[:3] for r in rows] == [["ground-truth", "held-in", "4"],
+                                     ["reconstructed", "held-in", "4"],
+                                     ["ground-truth", "held-out", "4"],
+                                     ["reconstructed", "held-out", "4"]]
+    truth, recon = rows[0], rows[1]
+    assert truth[3:] == ["100.0%"] * 4 and recon[3] == "100.0%"  # the demo VAE keeps colour
+    assert 20 < float(recon[-3]) < 45 and 0 < float(recon[-1]) < 2

@@ -106,10 +106,19 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cineforge.cli.eval import print_table, print_text_use, run_eval, run_text_use
+    from cineforge.cli.eval import (
+        print_table,
+        print_text_use,
+        print_vae_table,
+        run_eval,
+        run_text_use,
+        run_vae_eval,
+    )
 
     if args.suite == "text-use":
         print_text_use(run_text_use(args))
+    elif args.suite == "vae":
+        print_vae_table(run_vae_eval(args))
     else:
         print_table(run_eval(args))
     return 0

@@ -150,9 +150,11 @@ def check_prompt(prompt: str) -> str:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=("shapes", "text-use"),
+    p.add_argument("suite", choices=("shapes", "text-use", "vae"),
                    help="shapes: generate and read back colour/shape/motion; text-use: flow-loss "
-                        "increase when one attribute of the caption is swapped (no sampling)")
+                        "increase when one attribute of the caption is swapped (no sampling); "
+                        "vae: read them back from the VAE's reconstructions of ground-truth "
+                        "clips, with PSNR and edge energy")
     p.add_argument("--preset", default="demo", help="model preset")
     p.add_argument("--weights", type=Path, help="weights folder (default: the preset's own)")
     p.add_argument("-n", type=int, default=200, help="prompts per split")
@@ -164,8 +166,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")
     p.add_argument("--layout", choices=LAYOUTS, default="free",
-                   help="text-use and --strength: where the ground-truth clips put their main "
-                        "object; match the world the model trained on")
+                   help="text-use, vae and --strength: where the ground-truth clips put their "
+                        "main object; match the world the model trained on")
     p.add_argument("--first-frame", action="store_true",
                    help="shapes, image-to-video presets: start each clip from its ground-truth "
                         "first frame (world: --layout) and add frame 0's PSNR against it")

@@ -145,7 +145,9 @@ class VAEObjective:
     neighbourhood by ``1 + w`` (``cineforge.train.vae_task.pixel_detail_weights``).
     ``edge`` > 0 adds ``edge * |grad x - grad x'|`` (neighbour differences, same weights).
     ``decoder_only`` trains the decoder of the VAE ``init.file`` names with its encoder
-    frozen: the latent space, and so every DiT trained on it, stays valid."""
+    frozen: the latent space, and so every DiT trained on it, stays valid. ``adversarial`` > 0
+    adds a per-frame patch critic of width ``critic_width`` (trained at ``critic_lr_scale``
+    times the learning rate) and a hinge adversarial term of that weight on the decoder."""
 
     l1: float = 1.0
     mse: float = 1.0
@@ -159,12 +161,17 @@ class VAEObjective:
     val_videos: int = 2
     stats_items: int = 32  # items whose latents give the exported per-channel mean / std
     decoder_only: bool = False  # encoder frozen; the export keeps init's latent statistics
+    adversarial: float = 0.0  # weight of the decoder's adversarial term (0: no critic)
+    critic_width: int = 32
+    critic_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(min(self.l1, self.mse, self.kl, self.detail_weight, self.edge) >= 0
-                 and self.l1 + self.mse > 0,
-                 "vae.l1, vae.mse, vae.kl, vae.detail_weight, vae.edge must be >= 0 "
-                 "and l1 + mse > 0")
+        _require(min(self.l1, self.mse, self.kl, self.detail_weight, self.edge,
+                     self.adversarial) >= 0 and self.l1 + self.mse > 0,
+                 "vae.l1, vae.mse, vae.kl, vae.detail_weight, vae.edge, vae.adversarial must "
+                 "be >= 0 and l1 + mse > 0")
+        _require(self.critic_width >= 4 and self.critic_lr_scale > 0,
+                 "vae.critic_width must be >= 4 and vae.critic_lr_scale > 0")
         _require(self.crop >= 0 and self.crop % 16 == 0,
                  f"vae.crop must be 0 (whole frame) or a multiple of 16, got {self.crop}")
         _require(self.clip_frames >= 1 and (self.clip_frames - 1) % 4 == 0,

@@ -21,6 +21,18 @@ the exported VAE ``init.file`` names stays frozen (its moments run without gradi
 only the decoder trains: a sharper decoder for latents DiTs were already trained on, whose
 export keeps that VAE's latent statistics (``vae.json`` beside ``init.file``) exactly.
 
+Pixel losses are minimised by the mean of what a latent could be, which rounds corners and
+rings at edges. With ``vae.adversarial`` w > 0 a patch critic (``PatchCritic``, per frame)
+scores real frames against decoded ones, and per sub-batch (hinge, as VQGAN and the video
+VAEs of Wan and CogVideoX train their decoders)
+
+    L_D = mean relu(1 - D(x)) + mean relu(1 + D(x'.detached))     (trains the critic)
+    L_G = -mean D(x')                    (the critic's weights detached: trains the VAE)
+
+and ``loss_k`` gains ``L_D + w * L_G``: one backward pass trains both players, each term
+reaching only its own side. The trained module is then ``VAEWithCritic``; validation and the
+export use its ``vae`` alone, and an exported VAE's weights start it (the critic fresh).
+
 The causal VAE encodes a clip's first frame alone and then groups of 4 frames through a
 cache of past frames, so a model trained on short windows runs on longer clips, provided the
 windows hold at least two groups after the first frame (9 frames): with 5-frame windows no
@@ -39,7 +51,9 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from cineforge.errors import CineforgeError
 from cineforge.models.causal3d import LatentVideoVAE
@@ -90,6 +104,61 @@ def psnr(mse: float) -> float:
     return 10.0 * math.log10(4.0 / max(mse, 1e-12))
 
 
+class PatchCritic(nn.Module):
+    """A per-frame patch discriminator: four 2D convolutions (two of stride 2) with
+    LeakyReLU(0.2) and a layer norm over channels, giving one hinge score per 4x4 pixels.
+    ``x`` (B, 3, T, H, W) in [-1, 1] -> scores (B * T, H / 4, W / 4)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        widths = (3, width, 2 * width, 4 * width)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            layers.append(nn.Conv2d(a, b, 4 if i < 2 else 3, stride=2 if i < 2 else 1,
+                                    padding=1))
+            if i:
+                layers.append(nn.GroupNorm(1, b))
+            layers.append(nn.LeakyReLU(0.2))
+        layers.append(nn.Conv2d(widths[-1], 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.transpose(1, 2).flatten(0, 1)  # B*T, 3, H, W
+        return self.net(frames)[:, 0]
+
+
+class VAEWithCritic(nn.Module):
+    """What an adversarial VAE run trains: the ``vae`` and its ``critic``."""
+
+    def __init__(self, vae: LatentVideoVAE, critic: PatchCritic, critic_lr_scale: float) -> None:
+        super().__init__()
+        self.vae = vae
+        self.critic = critic
+        self.lr_scales = {"critic": critic_lr_scale}  # read by train.optim.build_optimizer
+
+    def adapt_init_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A bare VAE's weights (an exported ``vae.safetensors``, a run without critic)
+        start the ``vae``; the critic keeps its fresh initialisation."""
+        if any(k.startswith("vae.") for k in weights):
+            return weights
+        fresh = {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
+        return {**{f"vae.{k}": v for k, v in weights.items()}, **fresh}
+
+    def critic_losses(self, real: torch.Tensor, fake: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_D, L_G)`` of the module docstring for frames ``real`` and decoded ``fake``."""
+        loss_d = (F.relu(1 - self.critic(real)).mean()
+                  + F.relu(1 + self.critic(fake.detach())).mean())
+        frozen = {k: p.detach() for k, p in self.critic.named_parameters()}
+        loss_g = -functional_call(self.critic, frozen, (fake,)).mean()
+        return loss_d, loss_g
+
+
+def _vae(model: nn.Module) -> LatentVideoVAE:
+    """The VAE of a trained module (itself, or a ``VAEWithCritic``'s)."""
+    return model.vae if isinstance(model, VAEWithCritic) else model
+
+
 class VAETask:
     name = "vae"
     work_unit = "pixels"
@@ -104,7 +173,11 @@ class VAETask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # PyTorch's default init draws from the global RNG
             self.model = family.build("vae", model_config)
-        self.kept_stats = _freeze_encoder(self.model, config) if config.vae.decoder_only else None
+            if config.vae.adversarial:
+                critic = PatchCritic(config.vae.critic_width)
+                self.model = VAEWithCritic(self.model, critic, config.vae.critic_lr_scale)
+        vae = _vae(self.model)
+        self.kept_stats = _freeze_encoder(vae, config) if config.vae.decoder_only else None
         self.images = shapes_world(config.data, "train_images", image_fraction=1.0)
         self.videos = shapes_world(config.data, "train_videos", image_fraction=0.0)
         self.position = {"images": 0, "videos": 0}
@@ -153,16 +226,18 @@ class VAETask:
         total = sum(x.numel() for x in batch.values())
         loss = torch.zeros((), device=device)
         parts: dict[str, float] = {}
+        vae = _vae(model)
         for kind, video in batch.items():
             video = video.to(device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not o.decoder_only):
-                mu, logvar = model.moments(video)
+                mu, logvar = vae.moments(video)
             logvar = logvar.clamp(-30.0, 20.0)
             z = mu
             if o.sample:
                 noise = torch.randn(mu.shape, generator=generator).to(device)  # drawn on CPU
                 z = mu + (0.5 * logvar).exp() * noise
-            err = model.decode_raw(z) - video
+            decoded = vae.decode_raw(z)
+            err = decoded - video
             w = pixel_detail_weights(video, o.detail_weight) if o.detail_weight else None
             if w is not None:
                 l1, mse = _weighted_mean(err.abs(), w), _weighted_mean(err.square(), w)
@@ -174,6 +249,10 @@ class VAETask:
                 edge = edge_error(err, w)
                 part = part + o.edge * edge
                 parts[f"edge_{kind}"] = edge.item()
+            if o.adversarial:
+                loss_d, loss_g = model.critic_losses(video, decoded)
+                part = part + loss_d + o.adversarial * loss_g
+                parts[f"critic_{kind}"], parts[f"adv_{kind}"] = loss_d.item(), loss_g.item()
             loss = loss + part * (video.numel() / total)
             parts.update({f"loss_{kind}": part.item(), f"l1_{kind}": l1.item(),
                           f"mse_{kind}": mse.item(), f"kl_{kind}": kl.item()})
@@ -183,12 +262,12 @@ class VAETask:
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Posterior-mean reconstructions of the fixed held-aside items at full size."""
-        out = {}
+        out, vae = {}, _vae(model)
         for kind, video in self.val.items():
             if video is None:
                 continue
             video = video.to(_device(model))
-            err = model.decode(model.encode(video)) - video
+            err = vae.decode(vae.encode(video)) - video
             l1, mse = float(err.abs().mean()), float(err.square().mean())
             out[f"val_{kind}_loss"] = self.objective.l1 * l1 + self.objective.mse * mse
             out.update({f"val_{kind}_l1": l1, f"val_{kind}_mse": mse,
@@ -198,7 +277,7 @@ class VAETask:
     # ------------------------------------------------------------------ export
 
     def export(self, model: nn.Module, folder: Path) -> list[Path]:
-        return export_vae(model, self.config, Path(folder), self.kept_stats)
+        return export_vae(_vae(model), self.config, Path(folder), self.kept_stats)
 
 
 def _freeze_encoder(model: LatentVideoVAE, config: TrainConfig) -> tuple[tuple[float, ...], ...]:

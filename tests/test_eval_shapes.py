@@ -204,3 +204,16 @@ def test_eval_vae_command_prints_truth_and_reconstruction_rows(capsys):
     truth, recon = rows[0], rows[1]
     assert truth[3:] == ["100.0%"] * 4 and recon[3] == "100.0%"  # the demo VAE keeps colour
     assert 20 < float(recon[-3]) < 45 and 0 < float(recon[-1]) < 2
+
+
+def test_eval_prompts_take_the_object_scale_the_model_trained_at(capsys):
+    from cineforge.cli.eval import prompt_specs
+
+    preset = get_preset("demo")
+    base = prompt_specs("held-in", 8, preset, "centred")
+    large = prompt_specs("held-in", 8, preset, "centred", object_scale=1.25)
+    assert [s.caption for s in large] == [s.caption for s in base]
+    for a, b in zip(base, large, strict=True):
+        assert b.main.size_start == pytest.approx(1.25 * a.main.size_start)
+    assert main(["eval", "vae", "-n", "1", "--object-scale", "2"]) != 0
+    assert "--object-scale must be in [0.5, 1.25], got 2" in capsys.readouterr().err

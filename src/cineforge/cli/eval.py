@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cineforge.data.shapes import heldin_prompts, heldout_prompts, render, to_video_tensor
+from cineforge.data.shapes import (
+    check_object_scale,
+    heldin_prompts,
+    heldout_prompts,
+    render,
+    to_video_tensor,
+)
 from cineforge.errors import CineforgeError
 from cineforge.eval.shapes import ShapesScore, score_clips
 from cineforge.families.family import Preset, load_components
@@ -34,7 +40,8 @@ from cineforge.pipelines.common import FlowPipeline, VideoRequest
 SPLITS = ("held-in", "held-out", "held-out-wording")
 
 
-def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> list:
+def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free",
+                 object_scale: float = 1.0) -> list:
     """``n`` single-object prompt specs of ``split`` (``SPLITS``), cycling through seeds for
     more; 'held-out-wording' rewords the clips of 'held-in'."""
     make = heldout_prompts if split == "held-out" else heldin_prompts
@@ -42,7 +49,7 @@ def prompt_specs(split: str, n: int, preset: Preset, layout: str = "free") -> li
     specs, seed = [], 0
     while len(specs) < n:
         kwargs = {"height": preset.height, "width": preset.width, "frames": preset.frames,
-                  "layout": layout, "wording": wording}
+                  "layout": layout, "wording": wording, "object_scale": object_scale}
         specs += make(seed=seed, **kwargs)
         seed += 1
     return specs[:n]
@@ -69,11 +76,13 @@ def generate_clips(pipe: FlowPipeline, specs, request: VideoRequest, batch: int,
         yield from (to_uint8_frames(v) for v in video)
 
 
-def check_counts(args: argparse.Namespace) -> None:
-    """``-n`` and ``--batch`` are counts: refused below 1 before anything loads."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refused before anything loads: ``-n`` or ``--batch`` below 1, an ``--object-scale``
+    the shapes world does not draw."""
     for flag, value in (("-n", args.n), ("--batch", args.batch)):
         if value < 1:
             raise CineforgeError(f"{flag} must be at least 1, got {value}")
+    check_object_scale("--object-scale", args.object_scale)
 
 
 def first_frame_psnr(clip, spec) -> float:
@@ -84,7 +93,7 @@ def first_frame_psnr(clip, spec) -> float:
 
 
 def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
-    check_counts(args)
+    check_arguments(args)
     preset = get_preset(args.preset)
     if args.first_frame and not preset.family.pipeline.image_to_video:
         raise CineforgeError(f"--first-frame needs an image-to-video preset; {preset.name} "
@@ -105,7 +114,7 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
     for name, parts in models.items():
         pipe = preset.family.make_pipeline(parts)
         for split in SPLITS:
-            specs = prompt_specs(split, args.n, preset, layout)
+            specs = prompt_specs(split, args.n, preset, layout, args.object_scale)
             clips = list(generate_clips(pipe, specs, request, args.batch, f"{name} {split}",
                                         args.first_frame))
             score = score_clips(clips, specs)
@@ -119,12 +128,12 @@ def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:
 def run_vae_eval(args: argparse.Namespace):
     from cineforge.eval.reconstruction import reconstruction_score
 
-    check_counts(args)
+    check_arguments(args)
     preset = get_preset(args.preset)
     vae = load_components(preset, args.weights).vae
     rows = []
     for split in SPLITS[:2]:  # a VAE reads no caption: reworded prompts add nothing
-        specs = prompt_specs(split, args.n, preset, args.layout)
+        specs = prompt_specs(split, args.n, preset, args.layout, args.object_scale)
         rows.append((split, reconstruction_score(vae, specs, args.batch)))
     return rows
 
@@ -143,11 +152,11 @@ def print_vae_table(rows) -> None:
 def run_text_use(args: argparse.Namespace):
     from cineforge.eval.text_use import text_use
 
-    check_counts(args)
+    check_arguments(args)
     preset = get_preset(args.preset)
     pipe = preset.family.make_pipeline(load_components(preset, args.weights))
     share = preset.sampler.frame_noise_share if args.frame_noise is None else args.frame_noise
-    specs = prompt_specs("held-in", args.n, preset, args.layout)
+    specs = prompt_specs("held-in", args.n, preset, args.layout, args.object_scale)
     return text_use(pipe, specs, seed=args.seed, batch=args.batch, frame_noise_share=share)
 
 

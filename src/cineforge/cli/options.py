@@ -168,6 +168,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="free",
                    help="text-use, vae and --strength: where the ground-truth clips put their "
                         "main object; match the world the model trained on")
+    p.add_argument("--object-scale", type=float, default=1.0,
+                   help="the same: their object sizes (data.object_scale; the demo trained at "
+                        "1.25 from stage l on)")
     p.add_argument("--first-frame", action="store_true",
                    help="shapes, image-to-video presets: start each clip from its ground-truth "
                         "first frame (world: --layout) and add frame 0's PSNR against it")

@@ -613,13 +613,14 @@ class ShapesWorld:
             index += 1
 
 
-def _prompt_specs(triples, height, width, frames, seed, layout, wording) -> list[ClipSpec]:
+def _prompt_specs(triples, height, width, frames, seed, layout, wording,
+                  object_scale=1.0) -> list[ClipSpec]:
     """Template-worded specs of ``triples``; another wording rewords the same clips, drawing
     each caption from (seed, 2, item)."""
     check_wording("wording", wording)
     rng = np.random.default_rng(seed)
-    specs = [sample_spec(rng, height=height, width=width, frames=frames, combo=t, layout=layout)
-             for t in triples]
+    specs = [sample_spec(rng, height=height, width=width, frames=frames, combo=t, layout=layout,
+                         object_scale=object_scale) for t in triples]
     if wording == "template":
         return specs
     return [dataclasses.replace(s, caption=shapes_grammar.phrase(
@@ -628,18 +629,20 @@ def _prompt_specs(triples, height, width, frames, seed, layout, wording) -> list
 
 
 def heldout_prompts(
-    *, height=64, width=64, frames=17, seed=0, layout="free", wording="template"
+    *, height=64, width=64, frames=17, seed=0, layout="free", wording="template",
+    object_scale=1.0,
 ) -> list[ClipSpec]:
     """One single-object clip per held-out (colour, shape, motion) triple, fixed by ``seed``:
     each has ``.caption`` and the ground truth ``.main`` (render it for a reference clip).
-    ``wording`` other than 'template' rewords the same clips (see ``WORDINGS``)."""
+    ``wording`` other than 'template' rewords the same clips (see ``WORDINGS``);
+    ``object_scale`` sizes the objects as ``sample_spec``'s."""
     return _prompt_specs(combinations("heldout", image=frames == 1), height, width, frames, seed,
-                         layout, wording)
+                         layout, wording, object_scale)
 
 
 def heldin_prompts(
     n: int | None = None, *, height=64, width=64, frames=17, seed=0, layout="free",
-    wording="template",
+    wording="template", object_scale=1.0,
 ) -> list[ClipSpec]:
     """``n`` (default: as many as ``heldout_prompts``) single-object clips of distinct training
     triples, drawn by ``seed``; ``wording="heldout"`` phrases these same clips in held-out
@@ -651,4 +654,4 @@ def heldin_prompts(
         raise CineforgeError(f"n must be in 1..{len(triples)}, got {n}")
     pick = np.random.default_rng([seed, 1]).choice(len(triples), n, replace=False)
     return _prompt_specs([triples[i] for i in sorted(pick)], height, width, frames, seed, layout,
-                         wording)
+                         wording, object_scale)

@@ -13,7 +13,7 @@ almost uniform, so P = 0.9 keeps ~90 % of blocks: the worst case), and ``smooth 
 between q and k plus independent noise, times a gain g; v is another smooth field), which
 has the spatial locality NABLA relies on. ``demo model``: q, k, v of a self-attention layer
 of the shipped demo DiT (4 heads x 64) on a real clip: a ShapesWorld clip rendered at the
-size whose latent token grid is the benchmark's grid (32x32 tokens = 512x512 pixels; 32
+size whose latent token grid is the benchmark's grid (32x32 tokens = 256x256 pixels; 32
 latent frames = 125 frames), encoded by the demo VAE, noised to flow time 0.5, run through
 the DiT with dense attention up to ``DEMO_LAYER``; tokens permuted into tile order. The demo
 trained at 64x64 and 17 frames, so this also shows its q/k at sizes it never saw. A model

@@ -14,7 +14,8 @@ from cineforge.errors import CineforgeError
 from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiT
 from cineforge.sampling import flash_schedule, flash_steps, sample
-from cineforge.train.distill import LADD, DiscriminatorHead, adversarial_losses
+from cineforge.train.adversarial import adversarial_losses
+from cineforge.train.distill import LADD, DiscriminatorHead
 from cineforge.train.run import export_run, train
 from oracles import perturb
 from train_runs import dit_run_config, run_until

@@ -51,7 +51,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from cineforge.data.latents import CacheItem, LatentItems
 from cineforge.errors import CineforgeError
@@ -59,6 +58,7 @@ from cineforge.families.family import load_model, weights_folder
 from cineforge.families.registry import get_preset
 from cineforge.models.layers import modulate
 from cineforge.sampling import flash_schedule, frame_noise
+from cineforge.train.adversarial import adversarial_losses, frozen_call
 from cineforge.train.config import TrainConfig
 from cineforge.train.dit_task import DiTTask, export_dit, latent_tokens
 from cineforge.train.flow import sample_times
@@ -147,25 +147,8 @@ class LADD(nn.Module):
         heads' weights take no gradient (the student's term)."""
         out = []
         for head, h in zip(self.heads, states, strict=True):
-            if frozen_heads:
-                params = {k: p.detach() for k, p in head.named_parameters()}
-                out.append(functional_call(head, params, (h, text, e)))
-            else:
-                out.append(head(h, text, e))
+            out.append(frozen_call(head, h, text, e) if frozen_heads else head(h, text, e))
         return out
-
-
-def adversarial_losses(real: list[torch.Tensor], fake: list[torch.Tensor],
-                       fake_for_student: list[torch.Tensor], kind: str
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L_D, L_G)`` of the module docstring, averaged over heads (``kind``: hinge, lsgan)."""
-    if kind == "hinge":
-        d = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake, strict=True)]
-        g = [-f.mean() for f in fake_for_student]
-    else:
-        d = [(r - 1).square().mean() + f.square().mean() for r, f in zip(real, fake, strict=True)]
-        g = [(f - 1).square().mean() for f in fake_for_student]
-    return torch.stack(d).mean(), torch.stack(g).mean()
 
 
 def guidance_loss(errors: torch.Tensor, huber: float) -> torch.Tensor:

@@ -51,12 +51,11 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from cineforge.errors import CineforgeError
 from cineforge.models.causal3d import LatentVideoVAE
+from cineforge.train.adversarial import adversarial_losses, frozen_call
 from cineforge.train.config import TrainConfig
 from cineforge.train.data import shapes_world
 from cineforge.train.export import save_weights
@@ -147,11 +146,8 @@ class VAEWithCritic(nn.Module):
     def critic_losses(self, real: torch.Tensor, fake: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_D, L_G)`` of the module docstring for frames ``real`` and decoded ``fake``."""
-        loss_d = (F.relu(1 - self.critic(real)).mean()
-                  + F.relu(1 + self.critic(fake.detach())).mean())
-        frozen = {k: p.detach() for k, p in self.critic.named_parameters()}
-        loss_g = -functional_call(self.critic, frozen, (fake,)).mean()
-        return loss_d, loss_g
+        return adversarial_losses([self.critic(real)], [self.critic(fake.detach())],
+                                  [frozen_call(self.critic, fake)], "hinge")
 
 
 def _vae(model: nn.Module) -> LatentVideoVAE:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from cineforge.data.shapes import (
     to_video_tensor,
 )
 from cineforge.errors import CineforgeError
+from cineforge.eval.reconstruction import uint8_psnr
 from cineforge.eval.shapes import ShapesScore, score_clips
 from cineforge.families.family import Preset, load_components
 from cineforge.families.registry import get_preset
@@ -87,9 +87,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def first_frame_psnr(clip, spec) -> float:
     """PSNR (dB, peak 255) of a generated clip's frame 0 against its spec's ground truth."""
-    error = np.asarray(clip[0], np.float64) - render(spec)[0].astype(np.float64)
-    mse = float(np.mean(error**2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return uint8_psnr(np.asarray(clip[0]), render(spec)[0])
 
 
 def run_eval(args: argparse.Namespace) -> list[tuple[str, str, ShapesScore]]:

@@ -24,7 +24,7 @@ from cineforge.data.shapes import render, to_video_tensor
 from cineforge.eval.shapes import ShapesScore, score_clips
 from cineforge.io.video import to_uint8_frames
 
-__all__ = ["ReconstructionScore", "gradient_energy", "reconstruction_score"]
+__all__ = ["ReconstructionScore", "gradient_energy", "reconstruction_score", "uint8_psnr"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ def gradient_energy(frames: np.ndarray) -> float:
     return float(np.square(np.diff(x, axis=1)).sum() + np.square(np.diff(x, axis=2)).sum())
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def uint8_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB (peak 255) of two uint8 frame arrays of one shape."""
     mse = float(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
@@ -63,4 +64,4 @@ def reconstruction_score(vae: torch.nn.Module, specs, batch: int = 8) -> Reconst
     truth, recon = [p[0] for p in pairs], [p[1] for p in pairs]
     energy = sum(gradient_energy(r) for r in recon) / max(sum(map(gradient_energy, truth)), 1e-9)
     return ReconstructionScore(score_clips(truth, specs), score_clips(recon, specs),
-                               float(np.mean([_psnr(t, r) for t, r in pairs])), energy)
+                               float(np.mean([uint8_psnr(t, r) for t, r in pairs])), energy)

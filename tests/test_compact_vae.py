@@ -262,3 +262,11 @@ def test_adversarial_decoder_training_exports_a_bare_vae_and_resumes(tmp_path, v
     resumed = train(again, progress=False)  # continues from step 2 with the critic's state
     assert load_checkpoint(sorted((tmp_path / "run" / "checkpoints").glob("*"))[-1])["step"] == 3
     assert set(load_file(resumed / "vae.safetensors")) == set(before)
+
+    from cineforge.train.loop import Trainer
+
+    start = load_config(CONFIGS / "tiny_vae.yaml", [f"out={tmp_path / 'next'}", "steps=1", *sets])
+    trainer = Trainer(start, build_task(start), tmp_path / "next")
+    trainer.initialise(checkpoints[-1])  # a critic run's checkpoint: its critic too, not fresh
+    saved = state["ema"]["model"]  # a file init takes the EMA weights
+    assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())

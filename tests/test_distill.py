@@ -280,3 +280,43 @@ def test_pseudo_huber_guidance_loss_pulls_far_and_near_items_alike():
     with pytest.raises(Exception, match="guidance_huber"):
         from cineforge.train.config import DistillObjective
         DistillObjective(guidance_huber=-1)
+
+
+def test_rollout_inputs_are_where_the_students_own_flash_run_stands(
+        tmp_path, vae_dir, cache_dir, teacher):
+    """A rolled item's input at step k is state k of the flash solver run by the student from
+    the item's noise with the same fresh draws; other items and step 0 keep the noised data;
+    a rollout share outside [0, 1] is refused."""
+    from cineforge.train.config import DistillObjective
+    from cineforge.train.run import build_task
+
+    task = build_task(distill_config(tmp_path / "run", vae_dir, cache_dir, teacher,
+                                     "distill.steps=4", "distill.rollout=1.0"))
+    student = perturb(copy.deepcopy(task.model.student), seed=3)
+    gen = torch.Generator().manual_seed(0)
+    n = 6
+    noise, data = torch.randn(n, 16, 3, 4, 4, generator=gen), torch.randn(n, 16, 3, 4, 4)
+    context = torch.randn(n, task.text_len, 384, generator=gen)
+    step = torch.tensor([0, 1, 2, 3, 3, 2])
+    rolled = torch.tensor([True, True, True, True, False, True])
+    x_s = data + 0.5
+    out = task._rolled_inputs(student, x_s, noise, step, rolled, context,
+                              torch.Generator().manual_seed(7))
+
+    chosen = torch.tensor([1, 2, 3, 5])  # rolled with a step > 0, drawn for in this order
+    share = task.config.flow.frame_noise_share
+    draws = torch.Generator().manual_seed(7)
+    from cineforge.sampling import frame_noise
+    stream = (frame_noise((4, 16, 3, 4, 4), draws, share) for _ in range(3))
+    sigmas = torch.cat([task.times, torch.zeros(1)])
+    with torch.no_grad():
+        states = [s.x for s in flash_steps(lambda x, t: student(x, t, context[chosen]),
+                                           noise[chosen], sigmas, task.times,
+                                           noise=lambda shape: next(stream))]
+    for row, i in enumerate(chosen.tolist()):
+        torch.testing.assert_close(out[i], states[step[i] - 1][row], rtol=1e-5, atol=1e-5)
+    for i in (0, 4):  # step 0, and an item not rolled
+        assert torch.equal(out[i], x_s[i])
+    assert (out[3] - states[1][2]).abs().max() > 1e-3  # the step matters
+    with pytest.raises(Exception, match="distill.rollout"):
+        DistillObjective(rollout=1.5)

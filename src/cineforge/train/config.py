@@ -240,6 +240,10 @@ class DistillObjective:
     pseudo-Huber ``sqrt(e + c^2) - c`` instead (iCT), so that every item pulls with a gradient
     of about the same size whatever its time (at ``s = 1`` the guided target lies ~100x
     farther than at the other times and would otherwise drown them).
+    ``rollout``: the share of items whose input at their time is not the data noised there
+    but where the student's own flash run from noise (no gradient) puts it, as at sampling:
+    later steps re-noise the student's blurred early estimates, an input data noising never
+    shows the student (0: data only).
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -257,6 +261,7 @@ class DistillObjective:
     guidance_weight: float = 0.0
     guidance_huber: float = 0.0
     teacher_guidance: float = 6.0
+    rollout: float = 0.0
 
     def __post_init__(self) -> None:
         _require(1 <= self.steps <= 16 and self.shift > 0,
@@ -278,6 +283,8 @@ class DistillObjective:
                  f"{self.guidance_huber}")
         _require(self.teacher_guidance >= 1,
                  f"distill.teacher_guidance must be >= 1, got {self.teacher_guidance}")
+        _require(0 <= self.rollout <= 1,
+                 f"distill.rollout is a share of items, in [0, 1]; got {self.rollout}")
 
 
 @dataclass(frozen=True)

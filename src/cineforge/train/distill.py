@@ -30,7 +30,10 @@ estimate of ``x_s``: ``L_CFG = mean (x0_hat - (x_s - s * v_guided(x_s, s)))^2`` 
 ``distill.guidance_huber`` c > 0, the mean over items of ``sqrt(e + c^2) - c`` of each item's
 squared error e, which keeps the far targets at ``s = 1`` from drowning the other times). With
 ``L_CFG`` the student learns what the teacher's 4-step flash run with CFG gives (on the demo
-that run scores within 3 points of the 20-step UniPC run) in one call per step. One
+that run scores within 3 points of the 20-step UniPC run) in one call per step. With
+``distill.rollout`` > 0 that share of the items takes as ``x_s`` not the data noised to ``s``
+but where the student's own flash run from noise stands at ``s`` (no gradient): the input it
+gets when sampling, whose early estimates are blurred, not sharp data under noise. One
 backward pass of ``L_D + adversarial_weight * L_G + distill_weight * L_KD +
 guidance_weight * L_CFG`` trains student and heads together:
 each term reaches only its own side. The gradient of ``L_G`` flows through the frozen trunk
@@ -202,7 +205,8 @@ class DistillTask(DiTTask):
         for items in batch:
             n = len(items)
             x0 = torch.stack([item.latent for item in items])
-            s = self.times[torch.randint(len(self.times), (n,), generator=generator)]
+            step = torch.randint(len(self.times), (n,), generator=generator)
+            s = self.times[step]
             t = sample_times(n, generator, mean=d.disc_mean, std=d.disc_std)
             noise = frame_noise(tuple(x0.shape), generator, f.frame_noise_share)
             renoise = frame_noise(tuple(x0.shape), generator, f.frame_noise_share)
@@ -211,6 +215,10 @@ class DistillTask(DiTTask):
                 v.to(device) for v in (x0, s, t, noise, renoise, context))
 
             x_s = _noised(x0, noise, s)
+            if d.rollout:
+                rolled = torch.rand(n, generator=generator) < d.rollout
+                x_s = self._rolled_inputs(model.student, x_s, noise, step, rolled, context,
+                                          generator)
             x0_hat = x_s - _col(s, x_s) * model.student(x_s, s, context)
             real, fake = _noised(x0, renoise, t), _noised(x0_hat, renoise, t)
             with torch.no_grad():
@@ -242,6 +250,29 @@ class DistillTask(DiTTask):
                 sums[key] = sums.get(key, 0.0) + value.item() * n / total
             tokens += sum(latent_tokens(tuple(item.latent.shape), self.patch) for item in items)
         return StepLoss(loss, sums, tokens)
+
+    def _rolled_inputs(self, student: nn.Module, x_s: torch.Tensor, noise: torch.Tensor,
+                       step: torch.Tensor, rolled: torch.Tensor, context: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+        """``x_s`` with the ``rolled`` items replaced by where the student's own flash run
+        from their ``noise`` stands at their ``step`` (its clean estimate at each earlier
+        time, re-noised with fresh draws; no gradient). Step 0 is the noise itself."""
+        chosen = torch.nonzero(rolled & (step > 0)).flatten()
+        if len(chosen) == 0:
+            return x_s
+        share = self.config.flow.frame_noise_share
+        x, k, c = noise[chosen], step[chosen].to(noise.device), context[chosen]
+        with torch.no_grad():
+            for j in range(int(k.max())):
+                s_j, s_next = self.times[j].item(), self.times[j + 1].item()
+                live = k > j
+                times = torch.full((len(x),), s_j, device=x.device)
+                x0_hat = x - s_j * student(x, times, c)
+                fresh = frame_noise(tuple(x.shape), generator, share).to(x)
+                x = torch.where(live.view(-1, *[1] * (x.ndim - 1)), (1 - s_next) * x0_hat + s_next * fresh, x)
+        out = x_s.clone()
+        out[chosen] = x
+        return out
 
     def _teacher_x0(self, teacher: nn.Module, x: torch.Tensor, t: torch.Tensor,
                     context: torch.Tensor, v_c: torch.Tensor) -> torch.Tensor:

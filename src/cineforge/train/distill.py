@@ -269,7 +269,8 @@ class DistillTask(DiTTask):
                 times = torch.full((len(x),), s_j, device=x.device)
                 x0_hat = x - s_j * student(x, times, c)
                 fresh = frame_noise(tuple(x.shape), generator, share).to(x)
-                x = torch.where(live.view(-1, *[1] * (x.ndim - 1)), (1 - s_next) * x0_hat + s_next * fresh, x)
+                moved = (1 - s_next) * x0_hat + s_next * fresh
+                x = torch.where(live.view(-1, *[1] * (x.ndim - 1)), moved, x)
         out = x_s.clone()
         out[chosen] = x
         return out

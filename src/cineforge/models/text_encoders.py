@@ -113,13 +113,18 @@ class TransformersTextEncoder:
         return torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])
 
     def encode(self, prompts: Sequence[str]) -> TextStates:
+        """Token states ``B, max_length, dim`` (zero at padding) and their mask. The model
+        runs on the longest prompt's tokens only: under the attention mask the padding
+        changes no real token's state, and a 10-token prompt does not pay for 512."""
         ids, attention_mask = self.tokenize(prompts)
         device = self.device
+        used = max(int(attention_mask.sum(dim=1).max()), 1)
         with torch.inference_mode():
             ids, attention_mask = ids.to(device), attention_mask.to(device)
-            hidden = self.model(ids, attention_mask).last_hidden_state
+            hidden = self.model(ids[:, :used], attention_mask[:, :used]).last_hidden_state
             mask = attention_mask.bool()
-            states = torch.where(mask[..., None], hidden, hidden.new_zeros(()))
+            states = torch.where(mask[:, :used, None], hidden, hidden.new_zeros(()))
+            states = F.pad(states, (0, 0, 0, ids.shape[1] - used))
         return TextStates(states=states.clone(), mask=mask.clone())
 
 

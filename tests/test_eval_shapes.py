@@ -217,3 +217,77 @@ def test_eval_prompts_take_the_object_scale_the_model_trained_at(capsys):
         assert b.main.size_start == pytest.approx(1.25 * a.main.size_start)
     assert main(["eval", "vae", "-n", "1", "--object-scale", "2"]) != 0
     assert "--object-scale must be in [0.5, 1.25], got 2" in capsys.readouterr().err
+
+
+class _WordEncoder:
+    """A fake text encoder: whitespace tokens; a token's state is its word's vector (its
+    value's direction for the words in ``meaning``, else none) plus fresh noise per
+    occurrence, as context moves a real encoder's states."""
+
+    def __init__(self, meaning: dict[str, int], dim: int = 32, seed: int = 0):
+        self.meaning, self.dim = meaning, dim
+        self.gen = torch.Generator().manual_seed(seed)
+        self.table: dict[str, torch.Tensor] = {}
+        self.tokenizer = self._tokenize
+
+    def _vector(self, word: str) -> torch.Tensor:
+        if word not in self.table:
+            v = torch.zeros(self.dim)
+            if word in self.meaning:
+                v[self.meaning[word]] += 3.0
+            self.table[word] = v
+        return self.table[word]
+
+    def _tokenize(self, text: str, add_special_tokens: bool = True) -> dict:
+        words = text.replace(",", " ,").split()
+        return {"input_ids": ([0] if add_special_tokens else []) + [hash(w) for w in words],
+                "words": words}
+
+    def encode(self, sentences):
+        from cineforge.models.text_encoders import TextStates
+
+        rows = [torch.stack([torch.zeros(self.dim)] + [
+            self._vector(w) + 0.5 * torch.randn(self.dim, generator=self.gen)
+            for w in self._tokenize(s)["words"]]) for s in sentences]
+        length = max(len(r) for r in rows)
+        states = torch.stack([torch.cat([r, torch.zeros(length - len(r), self.dim)])
+                              for r in rows])
+        mask = torch.stack([torch.arange(length) < len(r) for r in rows])
+        return TextStates(states=states, mask=mask)
+
+
+def test_wording_probe_reads_held_out_words_only_where_the_encoder_carries_them():
+    """An encoder that puts every word of a value (held out or not) on that value's direction
+    gives 100 % on the held-out words; one whose held-out words are noise stays near chance;
+    an unknown attribute is refused."""
+    from cineforge.eval.wording import lexicons, wording_probe
+
+    def meaning(heldout: bool) -> dict[str, int]:
+        out = {}
+        for attribute in ("colour", "shape"):
+            for label, (held_in, held_out) in enumerate(lexicons()[attribute].values()):
+                for word in held_in + (held_out if heldout else ()):
+                    out[word] = label + (8 if attribute == "shape" else 0)
+        return out
+
+    knows = {r.attribute: r for r in wording_probe(_WordEncoder(meaning(True)),
+                                                    ("colour", "shape"))}
+    assert knows["colour"].heldout_accuracy == 1.0 and knows["shape"].heldout_accuracy == 1.0
+    assert knows["colour"].train_accuracy == 1.0 and knows["colour"].values == 7
+    assert (knows["colour"].heldin_words, knows["colour"].heldout_words) == (14, 7)
+    blind = {r.attribute: r for r in wording_probe(_WordEncoder(meaning(False)),
+                                                   ("colour", "shape"))}
+    assert blind["colour"].train_accuracy == 1.0
+    assert blind["colour"].heldout_accuracy < 0.5 and blind["shape"].heldout_accuracy < 0.6
+    with pytest.raises(CineforgeError, match="unknown attributes"):
+        wording_probe(_WordEncoder({}), ("size",))
+
+
+def test_eval_wording_command_prints_a_row_per_attribute(capsys):
+    assert main(["eval", "wording"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["colour", "shape", "motion"]
+    held_in, held_out = ({r[0]: float(r[i].rstrip("%")) for r in rows} for i in (3, 4))
+    assert held_in["colour"] == held_in["shape"] == 100.0  # the held-in words separate
+    # MiniLM places "scarlet", "jade", "sapphire"... near no colour (chance: 14.3 %)
+    assert held_out["colour"] < 50 and held_out["shape"] > 25

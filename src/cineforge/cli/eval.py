@@ -1,4 +1,4 @@
-"""``cineforge eval shapes|text-use``: does a shapes-world model follow its prompts?
+"""``cineforge eval shapes|text-use|vae|wording``: does a shapes-world model follow its prompts?
 
 ``shapes`` generates one clip per prompt for held-in and held-out (colour, shape, motion)
 prompts, and for the held-in prompts' clips phrased in held-out wordings (words and sentence
@@ -11,6 +11,9 @@ how much the flow loss on held-in clips rises when one attribute of the caption 
 (``cineforge.eval.text_use``). ``vae`` reads the same attributes from the preset's VAE
 reconstructions of the prompts' ground-truth clips (the ceiling of any DiT on its latents,
 ``cineforge.eval.reconstruction``), with PSNR and edge energy against the ground truth.
+``wording`` asks whether the preset's text encoder carries the held-out words at all (a
+probe on its states, ``cineforge.eval.wording``): the ceiling of the held-out-wording
+split for any DiT on that encoder.
 """
 
 from __future__ import annotations
@@ -164,6 +167,24 @@ def print_text_use(result) -> None:
     print(f"{'loss':<10}" + "".join(f"{v:>9.4f}" for v in result.loss))
     for name, values in result.increase.items():
         print(f"{name:<10}" + "".join(f"{100 * v:>8.1f}%" for v in values))
+
+
+def run_wording(args: argparse.Namespace):
+    from cineforge.eval.wording import wording_probe
+
+    preset = get_preset(args.preset)
+    return wording_probe(load_components(preset, args.weights).text_encoder)
+
+
+def print_wording(rows) -> None:
+    print("text encoder's states of the held-out words, read by the nearest centroid of the "
+          "held-in words' states")
+    print(f"{'attribute':<10} {'values':>6} {'words in/out':>13} {'held-in':>8} "
+          f"{'held-out':>9} {'chance':>7}")
+    for r in rows:
+        print(f"{r.attribute:<10} {r.values:>6} {f'{r.heldin_words}/{r.heldout_words}':>13} "
+              f"{100 * r.train_accuracy:7.1f}% {100 * r.heldout_accuracy:8.1f}% "
+              f"{100 * r.chance:6.1f}%")
 
 
 def print_table(rows) -> None:

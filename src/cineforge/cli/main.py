@@ -110,15 +110,19 @@ def _eval(args: argparse.Namespace) -> int:
         print_table,
         print_text_use,
         print_vae_table,
+        print_wording,
         run_eval,
         run_text_use,
         run_vae_eval,
+        run_wording,
     )
 
     if args.suite == "text-use":
         print_text_use(run_text_use(args))
     elif args.suite == "vae":
         print_vae_table(run_vae_eval(args))
+    elif args.suite == "wording":
+        print_wording(run_wording(args))
     else:
         print_table(run_eval(args))
     return 0

@@ -150,11 +150,12 @@ def check_prompt(prompt: str) -> str:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=("shapes", "text-use", "vae"),
+    p.add_argument("suite", choices=("shapes", "text-use", "vae", "wording"),
                    help="shapes: generate and read back colour/shape/motion; text-use: flow-loss "
                         "increase when one attribute of the caption is swapped (no sampling); "
                         "vae: read them back from the VAE's reconstructions of ground-truth "
-                        "clips, with PSNR and edge energy")
+                        "clips, with PSNR and edge energy; wording: how much of each attribute "
+                        "the text encoder carries in the held-out words (a probe, no DiT)")
     p.add_argument("--preset", default="demo", help="model preset")
     p.add_argument("--weights", type=Path, help="weights folder (default: the preset's own)")
     p.add_argument("-n", type=int, default=200, help="prompts per split")

@@ -320,3 +320,30 @@ def test_rollout_inputs_are_where_the_students_own_flash_run_stands(
     assert (out[3] - states[1][2]).abs().max() > 1e-3  # the step matters
     with pytest.raises(Exception, match="distill.rollout"):
         DistillObjective(rollout=1.5)
+
+
+def test_guidance_error_weights_the_targets_objects_and_edges(tmp_path, vae_dir, cache_dir,
+                                                               teacher):
+    """With distill.detail_weight w the error of an element near an object of the target
+    weighs 1 + w, elsewhere 1 (the flow loss's weights, from the target); w = 0 is the plain
+    mean; a negative weight is refused."""
+    from cineforge.train.config import DistillObjective
+    from cineforge.train.dit_task import latent_detail_weights
+    from cineforge.train.run import build_task
+
+    target = torch.zeros(2, 16, 3, 8, 8)
+    target[:, :, :, 2:4, 2:4] = 3.0  # an object: its pixels and their neighbours are salient
+    error = torch.zeros_like(target)
+    error[0, 0, 0, 3, 3] = 1.0  # item 0: a miss on the object
+    error[1, 0, 0, 7, 7] = 1.0  # item 1: the same miss in the flat corner
+    tasks = {w: build_task(distill_config(tmp_path / f"w{w}", vae_dir, cache_dir, teacher,
+                                          f"distill.detail_weight={w}")) for w in (0.0, 4.0)}
+    plain = tasks[0.0]._guidance_errors(target + error, target)
+    torch.testing.assert_close(plain, torch.full((2,), 1.0 / target[0].numel()))
+    weighted = tasks[4.0]._guidance_errors(target + error, target)
+    w = latent_detail_weights(target, 4.0, tasks[4.0].config.flow.detail_threshold)
+    assert w[0, 0, 0, 3, 3] == 5.0 and w[1, 0, 0, 7, 7] == 1.0
+    total = w.expand_as(target)[0].sum()
+    torch.testing.assert_close(weighted, torch.stack([5.0 / total, 1.0 / total]))
+    with pytest.raises(Exception, match="distill.detail_weight"):
+        DistillObjective(detail_weight=-1)

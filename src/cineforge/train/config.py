@@ -244,6 +244,10 @@ class DistillObjective:
     but where the student's own flash run from noise (no gradient) puts it, as at sampling:
     later steps re-noise the student's blurred early estimates, an input data noising never
     shows the student (0: data only).
+    ``detail_weight`` w > 0 weights each element of ``L_CFG``'s squared error ``1 + w`` near
+    the objects and edges of its target (``dit_task.latent_detail_weights``, threshold
+    ``flow.detail_threshold``), as ``flow.detail_weight`` does for the flow loss: the few
+    latent pixels that make a corner count, not only the layout.
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -262,6 +266,7 @@ class DistillObjective:
     guidance_huber: float = 0.0
     teacher_guidance: float = 6.0
     rollout: float = 0.0
+    detail_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(1 <= self.steps <= 16 and self.shift > 0,
@@ -285,6 +290,8 @@ class DistillObjective:
                  f"distill.teacher_guidance must be >= 1, got {self.teacher_guidance}")
         _require(0 <= self.rollout <= 1,
                  f"distill.rollout is a share of items, in [0, 1]; got {self.rollout}")
+        _require(self.detail_weight >= 0,
+                 f"distill.detail_weight must be >= 0 (0: unweighted), got {self.detail_weight}")
 
 
 @dataclass(frozen=True)

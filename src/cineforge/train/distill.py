@@ -33,7 +33,9 @@ squared error e, which keeps the far targets at ``s = 1`` from drowning the othe
 that run scores within 3 points of the 20-step UniPC run) in one call per step. With
 ``distill.rollout`` > 0 that share of the items takes as ``x_s`` not the data noised to ``s``
 but where the student's own flash run from noise stands at ``s`` (no gradient): the input it
-gets when sampling, whose early estimates are blurred, not sharp data under noise. One
+gets when sampling, whose early estimates are blurred, not sharp data under noise. With
+``distill.detail_weight`` w > 0 each item's error weighs the elements near its target's
+objects and edges ``1 + w`` (as the flow loss's ``flow.detail_weight``). One
 backward pass of ``L_D + adversarial_weight * L_G + distill_weight * L_KD +
 guidance_weight * L_CFG`` trains student and heads together:
 each term reaches only its own side. The gradient of ``L_G`` flows through the frozen trunk
@@ -63,7 +65,7 @@ from cineforge.models.layers import modulate
 from cineforge.sampling import flash_schedule, frame_noise
 from cineforge.train.adversarial import adversarial_losses, frozen_call
 from cineforge.train.config import TrainConfig
-from cineforge.train.dit_task import DiTTask, export_dit, latent_tokens
+from cineforge.train.dit_task import DiTTask, export_dit, latent_detail_weights, latent_tokens
 from cineforge.train.flow import sample_times
 from cineforge.train.loop import StepLoss
 from cineforge.train.models import model_config as model_config_of
@@ -240,7 +242,7 @@ class DistillTask(DiTTask):
                 parts["loss_kd"] = loss_kd
             if d.guidance_weight:
                 target = self._guided_x0(model.teacher, x_s, s, context)
-                errors = (x0_hat - target).square().flatten(1).mean(1)
+                errors = self._guidance_errors(x0_hat, target)
                 part = part + d.guidance_weight * guidance_loss(errors, d.guidance_huber)
                 parts["loss_cfg"] = errors.mean()
             parts["real_score"] = torch.stack([r.mean() for r in real_scores]).mean()
@@ -274,6 +276,17 @@ class DistillTask(DiTTask):
         out = x_s.clone()
         out[chosen] = x
         return out
+
+    def _guidance_errors(self, x0_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each item's mean squared error against its target, weighted by the target's
+        detail weights (``distill.detail_weight``) when they are on."""
+        squared = (x0_hat - target).square()
+        w = self.config.distill.detail_weight
+        if not w:
+            return squared.flatten(1).mean(1)
+        weights = latent_detail_weights(target, w, self.config.flow.detail_threshold)
+        weights = weights.expand_as(squared)
+        return (weights * squared).flatten(1).sum(1) / weights.flatten(1).sum(1)
 
     def _teacher_x0(self, teacher: nn.Module, x: torch.Tensor, t: torch.Tensor,
                     context: torch.Tensor, v_c: torch.Tensor) -> torch.Tensor:

@@ -65,12 +65,16 @@ _VAL_SEED = 2_718_281  # the validation noise's seed, offset from the run's seed
 
 
 def latent_detail_weights(x0: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
-    """``train.saliency.detail_weights`` at latent scale for ``x0`` (``C, T, H, W``): latent
-    pixels whose largest channel deviates by more than ``threshold`` from the mean of their
-    7x7 neighbourhood, grown by one pixel, weigh ``1 + weight`` (``1, T, H, W``). On the demo
-    VAE's latents (16 channels, std ~1) threshold 1.2 marks ~22 % of latent pixels and 99 % of
-    those that an object touches."""
-    return detail_weights(x0[None], weight, window=7, threshold=threshold, dilate=3)[0]
+    """``train.saliency.detail_weights`` at latent scale for ``x0`` (``C, T, H, W``, or a
+    batch ``B, C, T, H, W``): latent pixels whose largest channel deviates by more than
+    ``threshold`` from the mean of their 7x7 neighbourhood, grown by one pixel, weigh
+    ``1 + weight`` (``1, T, H, W``, or ``B, 1, T, H, W``). On the demo VAE's latents (16
+    channels, std ~1) threshold 1.2 marks ~22 % of latent pixels and 99 % of those that an
+    object touches."""
+    batched = x0.ndim == 5
+    w = detail_weights(x0 if batched else x0[None], weight, window=7, threshold=threshold,
+                       dilate=3)
+    return w if batched else w[0]
 
 
 def latent_tokens(shape: tuple[int, ...], patch: tuple[int, int, int]) -> int:

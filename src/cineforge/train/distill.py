@@ -62,7 +62,7 @@ from cineforge.errors import CineforgeError
 from cineforge.families.family import load_model, weights_folder
 from cineforge.families.registry import get_preset
 from cineforge.models.layers import modulate
-from cineforge.sampling import flash_schedule, frame_noise
+from cineforge.sampling import flash_schedule, flash_steps, frame_noise
 from cineforge.train.adversarial import adversarial_losses, frozen_call
 from cineforge.train.config import TrainConfig
 from cineforge.train.dit_task import DiTTask, export_dit, latent_detail_weights, latent_tokens
@@ -257,24 +257,24 @@ class DistillTask(DiTTask):
                        step: torch.Tensor, rolled: torch.Tensor, context: torch.Tensor,
                        generator: torch.Generator) -> torch.Tensor:
         """``x_s`` with the ``rolled`` items replaced by where the student's own flash run
-        from their ``noise`` stands at their ``step`` (its clean estimate at each earlier
-        time, re-noised with fresh draws; no gradient). Step 0 is the noise itself."""
+        (``sampling.flash_steps``, as at sampling; fresh draws from ``generator``; no gradient)
+        from their ``noise`` stands at their ``step``. Step 0 is the noise itself."""
         chosen = torch.nonzero(rolled & (step > 0)).flatten()
         if len(chosen) == 0:
             return x_s
         share = self.config.flow.frame_noise_share
-        x, k, c = noise[chosen], step[chosen].to(noise.device), context[chosen]
+        k, c = step[chosen].tolist(), context[chosen]
+        sigmas = torch.cat([self.times, self.times.new_zeros(1)]).to(noise.device)
+        states = []
         with torch.no_grad():
-            for j in range(int(k.max())):
-                s_j, s_next = self.times[j].item(), self.times[j + 1].item()
-                live = k > j
-                times = torch.full((len(x),), s_j, device=x.device)
-                x0_hat = x - s_j * student(x, times, c)
-                fresh = frame_noise(tuple(x.shape), generator, share).to(x)
-                moved = (1 - s_next) * x0_hat + s_next * fresh
-                x = torch.where(live.view(-1, *[1] * (x.ndim - 1)), moved, x)
+            for state in flash_steps(lambda x, t: student(x, t, c), noise[chosen], sigmas,
+                                     sigmas[:-1],
+                                     noise=lambda shape: frame_noise(shape, generator, share)):
+                states.append(state.x)
+                if len(states) == max(k):
+                    break
         out = x_s.clone()
-        out[chosen] = x
+        out[chosen] = torch.stack([states[j - 1][row] for row, j in enumerate(k)]).to(out)
         return out
 
     def _guidance_errors(self, x0_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -273,11 +273,11 @@ def test_wording_probe_reads_held_out_words_only_where_the_encoder_carries_them(
     knows = {r.attribute: r for r in wording_probe(_WordEncoder(meaning(True)),
                                                     ("colour", "shape"))}
     assert knows["colour"].heldout_accuracy == 1.0 and knows["shape"].heldout_accuracy == 1.0
-    assert knows["colour"].train_accuracy == 1.0 and knows["colour"].values == 7
+    assert knows["colour"].heldin_accuracy == 1.0 and knows["colour"].values == 7
     assert (knows["colour"].heldin_words, knows["colour"].heldout_words) == (14, 7)
     blind = {r.attribute: r for r in wording_probe(_WordEncoder(meaning(False)),
                                                    ("colour", "shape"))}
-    assert blind["colour"].train_accuracy == 1.0
+    assert blind["colour"].heldin_accuracy == 1.0
     assert blind["colour"].heldout_accuracy < 0.5 and blind["shape"].heldout_accuracy < 0.6
     with pytest.raises(CineforgeError, match="unknown attributes"):
         wording_probe(_WordEncoder({}), ("size",))

@@ -183,7 +183,7 @@ def print_wording(rows) -> None:
           f"{'held-out':>9} {'chance':>7}")
     for r in rows:
         print(f"{r.attribute:<10} {r.values:>6} {f'{r.heldin_words}/{r.heldout_words}':>13} "
-              f"{100 * r.train_accuracy:7.1f}% {100 * r.heldout_accuracy:8.1f}% "
+              f"{100 * r.heldin_accuracy:7.1f}% {100 * r.heldout_accuracy:8.1f}% "
               f"{100 * r.chance:6.1f}%")
 
 

@@ -34,33 +34,33 @@ from cineforge.errors import CineforgeError
 
 __all__ = ["WordingProbe", "lexicons", "wording_probe"]
 
-# (template, the filler of the other slots); {w} is the probed word or phrase
+# held-in sentences per attribute; {w} is the probed word or phrase
 _CONTEXTS = {
-    "colour": (("a {w} circle moves to the right on a gray background",
-                "the {w} square falls down over a white backdrop",
-                "a video of a small {w} triangle rising",
-                "an image of a {w} diamond on a black gradient")),
-    "shape": (("a red {w} moves to the right on a gray background",
-               "the blue {w} falls down over a white backdrop",
-               "a video of a small green {w} rising",
-               "an image of a yellow {w} on a black gradient")),
-    "motion": (("a red circle {w} on a gray background",
-                "the blue square {w} over a white backdrop",
-                "a small green triangle {w}",
-                "with a black background, a yellow diamond {w}")),
+    "colour": ("a {w} circle moves to the right on a gray background",
+               "the {w} square falls down over a white backdrop",
+               "a video of a small {w} triangle rising",
+               "an image of a {w} diamond on a black gradient"),
+    "shape": ("a red {w} moves to the right on a gray background",
+              "the blue {w} falls down over a white backdrop",
+              "a video of a small green {w} rising",
+              "an image of a yellow {w} on a black gradient"),
+    "motion": ("a red circle {w} on a gray background",
+               "the blue square {w} over a white backdrop",
+               "a small green triangle {w}",
+               "with a black background, a yellow diamond {w}"),
 }
 
 
 @dataclass(frozen=True)
 class WordingProbe:
-    """One attribute: accuracy on the held-in words it trained on and on the held-out words,
-    and chance (1 / number of values)."""
+    """One attribute: the share of the held-in words' states (the centroids' own) and of the
+    held-out words' states read as their value, and chance (1 / number of values)."""
 
     attribute: str
     values: int
     heldin_words: int
     heldout_words: int
-    train_accuracy: float
+    heldin_accuracy: float
     heldout_accuracy: float
 
     @property
@@ -112,18 +112,18 @@ def wording_probe(encoder, attributes: Sequence[str] = ("colour", "shape", "moti
     unknown = sorted(set(attributes) - set(_CONTEXTS))
     if unknown:
         raise CineforgeError(f"unknown attributes {unknown}; choose from {sorted(_CONTEXTS)}")
-    out = []
+    out, lexicon_of = [], lexicons()
     for attribute in attributes:
-        lexicon = lexicons()[attribute]
+        lexicon = lexicon_of[attribute]
         x_in, y_in = _states(encoder, attribute, lexicon, heldout=False)
         x_out, y_out = _states(encoder, attribute, lexicon, heldout=True)
         mean = x_in.mean(0)
         x_in, x_out = x_in - mean, x_out - mean
         centroids = F.normalize(torch.stack([x_in[y_in == k].mean(0)
                                              for k in range(len(lexicon))]), dim=1)
-        train, held = (_nearest_share(x, y, centroids) for x, y in ((x_in, y_in),
+        held_in, held_out = (_nearest_share(x, y, centroids) for x, y in ((x_in, y_in),
                                                                      (x_out, y_out)))
         out.append(WordingProbe(attribute, len(lexicon),
                                 sum(len(v[0]) for v in lexicon.values()),
-                                sum(len(v[1]) for v in lexicon.values()), train, held))
+                                sum(len(v[1]) for v in lexicon.values()), held_in, held_out))
     return out

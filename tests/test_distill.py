@@ -347,3 +347,114 @@ def test_guidance_error_weights_the_targets_objects_and_edges(tmp_path, vae_dir,
     torch.testing.assert_close(weighted, torch.stack([5.0 / total, 1.0 / total]))
     with pytest.raises(Exception, match="distill.detail_weight"):
         DistillObjective(detail_weight=-1)
+
+
+# ---------------------------------------------------------------- the teacher's trajectories
+
+
+def test_teacher_trajectory_keeps_its_solvers_states_at_the_student_times(tmp_path, teacher):
+    """The teacher's guided run over its own schedule with the student's times merged in:
+    the sample is that run's end, and the kept states are where it stood at those times
+    (the first is the noise); a re-noising solver is refused."""
+    from cineforge.families.family import load_model
+    from cineforge.sampling import euler_schedule, euler_steps
+    from cineforge.sampling.guidance import guided_velocity
+    from cineforge.train.distill import teacher_trajectory
+
+    dit = perturb(load_model(get_preset("wan2.1-t2v-tiny"), teacher, "dit"), seed=2)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 16, 3, 4, 4, generator=gen)
+    context, empty = torch.randn(2, 32, 384, generator=gen), torch.randn(32, 384, generator=gen)
+    keep = flash_schedule(4, 2.0)[1]  # 1, .857, .667, .4
+    x0, states = teacher_trajectory(dit, noise, context, empty, solver="euler", steps=4,
+                                    shift=3.0, guidance=3.0, keep=keep)
+    assert states.shape == (2, 4, 16, 3, 4, 4)
+    own = euler_schedule(4, 3.0)[0]  # 1, .95, .86, .60, 0
+    grid = torch.tensor(sorted({round(v, 5) for v in own[:-1].tolist() + keep.tolist()},
+                               reverse=True) + [0.0])
+    assert len(grid) == 4 + 3 + 1  # 1 is in both; the other three student times are added
+    velocity = guided_velocity(lambda x, t, context: dit(x, t, context), {"context": context},
+                               {"context": empty[None].expand_as(context)}, 3.0)
+    with torch.no_grad():
+        run = [noise] + [s.x for s in euler_steps(velocity, noise, grid)]
+    torch.testing.assert_close(x0, run[-1], rtol=1e-4, atol=1e-4)
+    for k, time in enumerate(keep.tolist()):
+        at = int(torch.argmin((grid - time).abs()))
+        torch.testing.assert_close(states[:, k], run[at], rtol=1e-4, atol=1e-4)
+    assert torch.equal(states[:, 0], noise)
+    assert (states[:, 3] - states[:, 2]).abs().max() > 1e-2
+    with pytest.raises(CineforgeError, match="re-noises"):
+        teacher_trajectory(dit, noise, context, empty, solver="flash", steps=4, shift=3.0,
+                           guidance=3.0, keep=keep)
+
+
+def test_sample_cache_resumes_after_a_crash_as_if_never_stopped(tmp_path, cache_dir):
+    """A sample cache keeps its source's prompts and attributes with the sampler's latents and
+    states; a build that crashed mid-way continues after its last shard and ends equal to an
+    uninterrupted one; asking for more items than the source has is refused."""
+    from cineforge.data.latents import LatentCache, build_sample_cache
+
+    source = LatentCache(cache_dir)
+
+    def sample(indices, items, fail_at=None):
+        if fail_at in indices:
+            raise RuntimeError("crash")
+        latents = torch.stack([item.latent * 0 + i for i, item in zip(indices, items, strict=True)])
+        return latents, torch.stack([latents + k for k in range(3)], dim=1)
+
+    whole = build_sample_cache(tmp_path / "whole", source, 7, sample=sample, meta={"m": 1},
+                               shard_size=3)
+    with pytest.raises(RuntimeError, match="crash"):
+        build_sample_cache(tmp_path / "crashed", source, 7, shard_size=3, meta={"m": 1},
+                           sample=lambda i, it: sample(i, it, fail_at=4))
+    assert len(LatentCache(tmp_path / "crashed")) == 3  # the first shard survived
+    resumed = build_sample_cache(tmp_path / "crashed", source, 7, sample=sample,
+                                 meta={"m": 1}, shard_size=3)
+    assert len(whole) == len(resumed) == 7 and whole.complete
+    for i in range(7):
+        a, b = whole[i], resumed[i]
+        assert torch.equal(a.latent, b.latent) and torch.equal(a.states, b.states)
+        assert torch.equal(a.latent, torch.full_like(a.latent, i))
+        assert a.states.shape == (3, *a.latent.shape)
+        assert torch.equal(a.text, source[i].text) and a.caption == source.caption(i)
+        assert whole.attributes(i) == source.attributes(i)
+    assert torch.equal(whole.empty_text(), source.empty_text())
+    assert source[0].states is None
+    with pytest.raises(CineforgeError, match="cannot sample 99 items"):
+        build_sample_cache(tmp_path / "more", source, 99, sample=sample, meta={})
+
+
+def test_trajectory_loss_starts_the_student_on_the_teachers_path(tmp_path, vae_dir, cache_dir,
+                                                                 teacher):
+    """With distill.trajectories the run trains on the teacher's samples: each item's input is
+    its trajectory's state at the item's time and the trajectory term is the distance of the
+    student's clean estimate from the teacher's sample; the samples are built once and
+    reused; trajectory_weight without trajectories is refused."""
+    from cineforge.train.config import DistillObjective
+    from cineforge.train.run import build_task
+
+    config = distill_config(tmp_path / "run", vae_dir, cache_dir, teacher, "distill.steps=4",
+                            "distill.trajectories=8", "distill.trajectory_weight=1",
+                            "distill.guidance_weight=0", "distill.distill_weight=0",
+                            "distill.adversarial_weight=0")
+    task = build_task(config)
+    assert len(task.cache) == 8 and task.cache.folder == tmp_path / "run" / "trajectories"
+    seen = []
+    hook = task.model.student.register_forward_hook(
+        lambda module, args, out: seen.append((args[0], args[1], out)))
+    batch = task.next_batch(torch.Generator().manual_seed(0))
+    parts = task.loss(task.model, batch, torch.Generator().manual_seed(1)).parts
+    hook.remove()
+    errors = []
+    for items, (x, s, v) in zip(batch, seen, strict=True):
+        for row, item in enumerate(items):
+            k = int(torch.argmin((task.times - s[row]).abs()))
+            assert torch.equal(x[row], item.states[k])
+            x0_hat = x[row] - s[row] * v[row]
+            errors.append(float((x0_hat - item.latent).square().mean()))
+    assert parts["loss_traj"] == pytest.approx(sum(errors) / len(errors), rel=1e-4)
+    mtime = (task.cache.folder / "index.json").stat().st_mtime_ns
+    assert len(build_task(config).cache) == 8  # reused, not rebuilt
+    assert (task.cache.folder / "index.json").stat().st_mtime_ns == mtime
+    with pytest.raises(Exception, match="needs the teacher's trajectories"):
+        DistillObjective(trajectory_weight=1.0)

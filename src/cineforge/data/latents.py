@@ -6,6 +6,8 @@ computed once and stored in shards::
     folder/index.json              format, what encoded the items, one entry per item
     folder/empty.safetensors       "text": the states of the empty prompt "" (for CFG dropout)
     folder/shard-00000.safetensors "{j}.latent" (C, T, H, W) fp16, "{j}.text" (L_j, D) fp16
+                                   (a cache of a teacher's samples, ``build_sample_cache``,
+                                   also "{j}.states" (K, C, T, H, W) fp16)
 
 Item ``i`` is entry ``i % shard_size`` of shard ``i // shard_size``. Latents are the
 VAE's normalised posterior means; text states are trimmed to each prompt's real tokens
@@ -41,6 +43,9 @@ class CacheItem:
     latent: torch.Tensor  # C, T, H, W float32
     text: torch.Tensor  # L, D float32 (the prompt's real tokens only)
     caption: str
+    # K, C, T, H, W float32: where the sampler that made ``latent`` stood at K chosen times
+    # (a cache of a teacher's samples, ``build_sample_cache``); None for encoded data
+    states: torch.Tensor | None = None
 
 
 class LatentItems:
@@ -82,9 +87,11 @@ class LatentItems:
 
             self._handles[path] = safe_open(path, framework="pt")
         f = self._handles[path]
-        text = (f.get_tensor(f"{j}.text").float() if self.entries[i]["text_len"]
+        entry = self.entries[i]
+        text = (f.get_tensor(f"{j}.text").float() if entry["text_len"]
                 else torch.zeros(0, self.meta.get("text_dim", 0)))
-        return CacheItem(f.get_tensor(f"{j}.latent").float(), text, self.entries[i]["caption"])
+        states = f.get_tensor(f"{j}.states").float() if entry.get("states") else None
+        return CacheItem(f.get_tensor(f"{j}.latent").float(), text, entry["caption"], states)
 
     @property
     def has_empty_text(self) -> bool:
@@ -152,7 +159,7 @@ def build_latent_cache(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    index = _open_index(folder, meta, items, shard_size, encode_text)
+    index = _open_index(folder, meta, items, shard_size, lambda: _trim(encode_text([""]), 0))
     shards = -(-items // shard_size)
     done = len(index["shards"])
     with tqdm(total=items, initial=min(done * shard_size, items), disable=not progress,
@@ -169,8 +176,69 @@ def build_latent_cache(
     return LatentCache(folder)
 
 
+def build_sample_cache(
+    folder: str | Path,
+    source: LatentItems,
+    items: int,
+    *,
+    sample: Callable[[list[int], list[CacheItem]], tuple[torch.Tensor, torch.Tensor]],
+    meta: dict[str, Any],
+    shard_size: int = 256,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> LatentCache:
+    """A cache of a sampler's outputs for the prompts and shapes of ``source[0:items]``,
+    resumable like ``build_latent_cache``: item ``i`` keeps ``source[i]``'s caption, text
+    states and attributes; its latent is what ``sample`` made for it and its ``states`` where
+    the sampler stood on the way. ``sample(indices, items)`` takes same-shape items (at most
+    ``batch_size``) and returns ``(latents B,C,T,H,W, states B,K,C,T,H,W)``; it must depend on
+    the indices, not on the batching, for a resumed build to equal an uninterrupted one.
+    The index's meta is the source's (what encoded the prompts, the latent channels) with
+    ``meta`` (what sampled) under ``"samples"``."""
+    from tqdm import tqdm
+
+    if not 0 < items <= len(source):
+        raise CineforgeError(f"cannot sample {items} items from the {len(source)} of "
+                             f"{source.folder}; ask for 1..{len(source)}")
+    if not source.has_empty_text:
+        raise CineforgeError(f"{source.folder} has no empty-prompt states to copy; rebuild it")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    empty = source.empty_text().to(torch.float16).contiguous()
+    index = _open_index(folder, dict(source.meta, samples=meta), items, shard_size,
+                        lambda: empty)
+    done = len(index["shards"])
+    with tqdm(total=items, initial=min(done * shard_size, items), disable=not progress,
+              desc="teacher samples", unit="item") as bar:
+        for shard in range(done, -(-items // shard_size)):
+            indices = list(range(shard * shard_size, min((shard + 1) * shard_size, items)))
+            tensors: dict[str, torch.Tensor] = {}
+            by_shape: dict[tuple, list[int]] = {}
+            for i in indices:
+                by_shape.setdefault(source.shape(i), []).append(i)
+            for members in by_shape.values():
+                for k in range(0, len(members), batch_size):
+                    chunk = members[k : k + batch_size]
+                    latents, states = sample(chunk, [source[i] for i in chunk])
+                    for i, z, s in zip(chunk, latents, states, strict=True):
+                        j = i - indices[0]
+                        tensors[f"{j}.latent"] = z.to(torch.float16).contiguous()
+                        tensors[f"{j}.states"] = s.to(torch.float16).contiguous()
+                        tensors[f"{j}.text"] = source[i].text.to(torch.float16).contiguous()
+                    bar.update(len(chunk))
+            entries = [dict(source.entries[i], states=int(tensors[f"{i - indices[0]}.states"]
+                                                          .shape[0])) for i in indices]
+            name = f"shard-{shard:05d}.safetensors"
+            _atomic_save_tensors(tensors, folder / name)
+            index["shards"].append({"file": name, "items": entries})
+            _atomic_write_json(index, folder / INDEX)
+    return LatentCache(folder)
+
+
 def _open_index(folder: Path, meta: dict, items: int, shard_size: int,
-                encode_text: Callable) -> dict[str, Any]:
+                empty_text: Callable[[], torch.Tensor]) -> dict[str, Any]:
+    """The folder's index (refused if built with other settings), or a new one with the
+    empty prompt's states (``empty_text()``, ``L, D`` fp16) written beside it."""
     path = folder / INDEX
     if path.is_file():
         index = json.loads(path.read_text())
@@ -183,8 +251,7 @@ def _open_index(folder: Path, meta: dict, items: int, shard_size: int,
                 "); delete the folder or set another cache.dir"
             )
         return index
-    empty = encode_text([""])
-    _atomic_save_tensors({"text": _trim(empty, 0)}, folder / EMPTY)
+    _atomic_save_tensors({"text": empty_text()}, folder / EMPTY)
     index = {"format": FORMAT, "meta": meta, "items_total": items, "shard_size": shard_size,
              "shards": []}
     _atomic_write_json(index, path)

@@ -248,6 +248,17 @@ class DistillObjective:
     the objects and edges of its target (``dit_task.latent_detail_weights``, threshold
     ``flow.detail_threshold``), as ``flow.detail_weight`` does for the flow loss: the few
     latent pixels that make a corner count, not only the layout.
+    ``trajectories`` N > 0: the run trains on the teacher's own samples instead of the data
+    (as LADD does): the teacher samples the prompts and shapes of the latent cache's first N
+    items, with its preset's solver, steps and shift, guided by ``teacher_guidance``, from
+    noise drawn per item, and keeps where its solver stood at the student's times
+    (``trajectory_dir``, default ``{out}/trajectories``; built once, resumable). An item's
+    input at its time is that state (rolled-out items excepted), and ``trajectory_weight``
+    times the distance (detail-weighted and Huber as ``L_CFG``) of the student's clean
+    estimate to the teacher's sample trains the student to jump, in one call, to where the
+    teacher's whole run from there ends: the guided target ``L_CFG`` is the teacher's own
+    one-call estimate, which a 4-step run of the teacher itself follows no better than the
+    student.
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -267,6 +278,9 @@ class DistillObjective:
     teacher_guidance: float = 6.0
     rollout: float = 0.0
     detail_weight: float = 0.0
+    trajectories: int = 0
+    trajectory_weight: float = 0.0
+    trajectory_dir: str = ""
 
     def __post_init__(self) -> None:
         _require(1 <= self.steps <= 16 and self.shift > 0,
@@ -279,10 +293,17 @@ class DistillObjective:
                  "distill.disc_heads must be >= 1, distill.disc_std and head_lr_scale > 0")
         _require(self.loss in DISTILL_LOSSES,
                  f"distill.loss must be one of {DISTILL_LOSSES}, got {self.loss!r}")
-        _require(min(self.adversarial_weight, self.distill_weight, self.guidance_weight) >= 0
-                 and self.adversarial_weight + self.distill_weight + self.guidance_weight > 0,
-                 "distill.adversarial_weight, distill_weight and guidance_weight must be >= 0, "
-                 "not all 0")
+        weights = (self.adversarial_weight, self.distill_weight, self.guidance_weight,
+                   self.trajectory_weight)
+        _require(min(weights) >= 0 and sum(weights) > 0,
+                 "distill.adversarial_weight, distill_weight, guidance_weight and "
+                 "trajectory_weight must be >= 0, not all 0")
+        _require(self.trajectories >= 0,
+                 f"distill.trajectories counts items (0: train on the data), got "
+                 f"{self.trajectories}")
+        _require(not self.trajectory_weight or self.trajectories,
+                 "distill.trajectory_weight needs the teacher's trajectories: set "
+                 "distill.trajectories to how many items the teacher samples (e.g. 1000)")
         _require(self.guidance_huber >= 0,
                  f"distill.guidance_huber must be >= 0 (0: squared error), got "
                  f"{self.guidance_huber}")

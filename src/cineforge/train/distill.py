@@ -35,9 +35,20 @@ that run scores within 3 points of the 20-step UniPC run) in one call per step. 
 but where the student's own flash run from noise stands at ``s`` (no gradient): the input it
 gets when sampling, whose early estimates are blurred, not sharp data under noise. With
 ``distill.detail_weight`` w > 0 each item's error weighs the elements near its target's
-objects and edges ``1 + w`` (as the flow loss's ``flow.detail_weight``). One
-backward pass of ``L_D + adversarial_weight * L_G + distill_weight * L_KD +
-guidance_weight * L_CFG`` trains student and heads together:
+objects and edges ``1 + w`` (as the flow loss's ``flow.detail_weight``).
+
+``L_CFG``'s target is the teacher's one-call estimate, so a student that learns it perfectly
+samples like the teacher's own 4-step flash run, no better. With ``distill.trajectories`` the
+run trains on the teacher's own samples instead (``teacher_trajectory``: its preset's solver
+run to the end, guided, from noise drawn per item, keeping its states at the student's
+times; built once into a cache beside the run): ``x0`` is the teacher's sample, ``x_s`` its
+solver's state at ``s``, and
+
+    L_TRAJ = mean (x0_hat(x_s) - x0)^2         (detail-weighted and Huber as L_CFG)
+
+asks the student to jump in one call to where the teacher's whole run from ``x_s`` ends.
+One backward pass of ``L_D + adversarial_weight * L_G + distill_weight * L_KD +
+guidance_weight * L_CFG + trajectory_weight * L_TRAJ`` trains student and heads together:
 each term reaches only its own side. The gradient of ``L_G`` flows through the frozen trunk
 into the student; the teacher's weights never change.
 
@@ -57,12 +68,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cineforge.data.latents import CacheItem, LatentItems
+from cineforge.data.latents import CacheItem, LatentCache, LatentItems, build_sample_cache
 from cineforge.errors import CineforgeError
 from cineforge.families.family import load_model, weights_folder
 from cineforge.families.registry import get_preset
 from cineforge.models.layers import modulate
-from cineforge.sampling import flash_schedule, flash_steps, frame_noise
+from cineforge.sampling import flash_schedule, flash_steps, frame_noise, get_solver
+from cineforge.sampling.guidance import guided_velocity
+from cineforge.sampling.solvers import solver_steps
 from cineforge.train.adversarial import adversarial_losses, frozen_call
 from cineforge.train.config import TrainConfig
 from cineforge.train.dit_task import DiTTask, export_dit, latent_detail_weights, latent_tokens
@@ -71,6 +84,7 @@ from cineforge.train.loop import StepLoss
 from cineforge.train.models import model_config as model_config_of
 
 _VAL_SEED = 3_141_592  # the validation noise's seed, offset from the run's seed
+_TRAJECTORY_SEED = 2_718_281  # the trajectories' noise: item i draws from seed + this + i
 
 
 class DiscriminatorHead(nn.Module):
@@ -192,6 +206,10 @@ class DistillTask(DiTTask):
             torch.manual_seed(config.seed)  # the heads' default init draws from the global RNG
             self.model = LADD(teacher, d.disc_layers, d.disc_heads, d.head_lr_scale)
         self.teacher_folder = folder
+        if d.trajectory_weight and cache[0].states is None:
+            raise CineforgeError(f"distill.trajectory_weight trains on the teacher's samples, "
+                                 f"but {cache.folder} holds data; build the task with "
+                                 "build_task (it samples distill.trajectories items first)")
         self.times = flash_schedule(d.steps, d.shift)[1]
         self.val = self._student_validation_set()
 
@@ -217,10 +235,16 @@ class DistillTask(DiTTask):
                 v.to(device) for v in (x0, s, t, noise, renoise, context))
 
             x_s = _noised(x0, noise, s)
+            on_path = torch.zeros(n, dtype=torch.bool)
+            if items[0].states is not None:  # the teacher's samples: its states at s
+                x_s = torch.stack([item.states[k] for item, k in
+                                   zip(items, step.tolist(), strict=True)]).to(x_s)
+                on_path = torch.ones(n, dtype=torch.bool)
             if d.rollout:
                 rolled = torch.rand(n, generator=generator) < d.rollout
                 x_s = self._rolled_inputs(model.student, x_s, noise, step, rolled, context,
                                           generator)
+                on_path &= ~rolled
             x0_hat = x_s - _col(s, x_s) * model.student(x_s, s, context)
             real, fake = _noised(x0, renoise, t), _noised(x0_hat, renoise, t)
             with torch.no_grad():
@@ -245,6 +269,12 @@ class DistillTask(DiTTask):
                 errors = self._guidance_errors(x0_hat, target)
                 part = part + d.guidance_weight * guidance_loss(errors, d.guidance_huber)
                 parts["loss_cfg"] = errors.mean()
+            if d.trajectory_weight and bool(on_path.any()):
+                on = on_path.to(device)
+                errors = self._guidance_errors(x0_hat[on], x0[on])
+                part = part + d.trajectory_weight * guidance_loss(errors, d.guidance_huber) \
+                    * (len(errors) / n)
+                parts["loss_traj"] = errors.mean()
             parts["real_score"] = torch.stack([r.mean() for r in real_scores]).mean()
             parts["fake_score"] = torch.stack([x.mean() for x in fake_scores]).mean()
             loss = loss + part * (n / total)
@@ -347,6 +377,84 @@ class DistillTask(DiTTask):
 
     def export(self, model: LADD, folder: Path) -> list[Path]:
         return export_dit(model.student, Path(self.config.cache.vae), Path(folder))
+
+
+@torch.no_grad()
+def teacher_trajectory(teacher: nn.Module, noise: torch.Tensor, context: torch.Tensor,
+                       empty: torch.Tensor, *, solver: str, steps: int, shift: float,
+                       guidance: float, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's guided run from ``noise`` (B, C, T, H, W) with ``solver`` over its own
+    schedule of ``steps`` at ``shift`` with the times ``keep`` (descending, in (0, 1]) added:
+    ``(x0 B,C,T,H,W, states B,K,C,T,H,W)``, its sample and the states it evaluated the model
+    at at each of ``keep``'s K times (the first is ``noise`` itself when ``keep`` starts at 1).
+    ``context`` (B, L, D) and ``empty`` (L, D): the prompt's and the empty prompt's states."""
+    method = get_solver(solver)
+    if method.fresh_noise:
+        raise CineforgeError(f"the teacher's solver {solver!r} re-noises; its runs are no "
+                             "trajectories to distil (use euler or unipc)")
+    sigmas = method.schedule(steps, shift)[0][:-1]
+    grid = torch.cat([sigmas, keep.to(sigmas)]).clamp(max=1.0)
+    grid = torch.unique(grid, sorted=True).flip(0)  # descending, the kept times merged in
+    grid = grid[torch.cat([torch.ones(1, dtype=torch.bool), grid[1:] < grid[:-1] - 1e-4])]
+    at = [int(torch.argmin((grid - k).abs())) for k in keep.tolist()]
+    velocity = guided_velocity(lambda x, t, context: teacher(x, t, context),
+                               {"context": context}, {"context": empty[None].expand_as(context)},
+                               guidance)
+    states: dict[int, torch.Tensor] = {}
+
+    def recording(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        states[len(states)] = x
+        return velocity(x, t)
+
+    x = noise
+    for step in solver_steps(method, recording, noise, torch.cat([grid, grid.new_zeros(1)])):
+        x = step.x
+    return x, torch.stack([states[i] for i in at], dim=1)
+
+
+def ensure_trajectories(config: TrainConfig, cache: LatentItems, *,
+                        progress: bool = False) -> LatentCache:
+    """The teacher's samples of ``cache``'s first ``distill.trajectories`` prompts and shapes
+    with their states at the student's times (``teacher_trajectory``), built or completed in
+    ``distill.trajectory_dir`` (default ``{out}/trajectories``) and reused after."""
+    import hashlib
+
+    from cineforge.train.run import writable_folder
+
+    d, f = config.distill, config.flow
+    preset = get_preset(config.model.preset)
+    teacher_dir = teacher_folder(config)
+    folder = Path(d.trajectory_dir) if d.trajectory_dir else Path(config.out) / "trajectories"
+    keep = flash_schedule(d.steps, d.shift)[1]
+    sampler = preset.sampler
+    weights = (teacher_dir / "dit.safetensors").read_bytes()
+    meta = {"teacher": hashlib.sha256(weights).hexdigest(), "solver": sampler.solver,
+            "steps": sampler.steps, "shift": sampler.shift, "guidance": d.teacher_guidance,
+            "times": [round(float(k), 6) for k in keep], "seed": config.seed,
+            "frame_noise_share": f.frame_noise_share, "source": str(cache.folder)}
+    done = (folder / "index.json").is_file() and LatentCache(folder).complete
+    if not done:
+        writable_folder(folder, "trajectory folder", "set distill.trajectory_dir to another "
+                        "folder")
+    loaded: dict[str, Any] = {}
+    text_len = model_config_of(config.model, "dit")[1].text_len
+
+    def sample(indices: list[int], items: list[CacheItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        from cineforge.families.wan.dit import pad_context
+
+        if "teacher" not in loaded:
+            loaded["teacher"] = load_model(preset, teacher_dir, "dit").eval()
+            loaded["empty"] = pad_context(cache.empty_text()[None], text_len)[0]
+        noise = torch.cat([frame_noise((1, *item.latent.shape), torch.Generator().manual_seed(
+            config.seed + _TRAJECTORY_SEED + i), f.frame_noise_share)
+            for i, item in zip(indices, items, strict=True)])
+        context = torch.cat([pad_context(item.text[None], text_len) for item in items])
+        return teacher_trajectory(loaded["teacher"], noise, context, loaded["empty"],
+                                  solver=sampler.solver, steps=sampler.steps,
+                                  shift=sampler.shift, guidance=d.teacher_guidance, keep=keep)
+
+    return build_sample_cache(folder, cache, d.trajectories, sample=sample, meta=meta,
+                              shard_size=config.cache.shard_size, progress=progress)
 
 
 def teacher_folder(config: TrainConfig) -> Path:

@@ -84,9 +84,12 @@ def build_task(config: TrainConfig, *, progress: bool = False) -> Task:
 
         return VAETask(config)
     if config.task == "distill":
-        from cineforge.train.distill import DistillTask
+        from cineforge.train.distill import DistillTask, ensure_trajectories
 
-        return DistillTask(config, ensure_cache(config, progress=progress))
+        cache = ensure_cache(config, progress=progress)
+        if config.distill.trajectories:
+            cache = ensure_trajectories(config, cache, progress=progress)
+        return DistillTask(config, cache)
     from cineforge.train.dit_task import DiTTask
 
     return DiTTask(config, ensure_cache(config, progress=progress))

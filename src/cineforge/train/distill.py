@@ -427,8 +427,11 @@ def ensure_trajectories(config: TrainConfig, cache: LatentItems, *,
     folder = Path(d.trajectory_dir) if d.trajectory_dir else Path(config.out) / "trajectories"
     keep = flash_schedule(d.steps, d.shift)[1]
     sampler = preset.sampler
-    weights = (teacher_dir / "dit.safetensors").read_bytes()
-    meta = {"teacher": hashlib.sha256(weights).hexdigest(), "solver": sampler.solver,
+    digest = hashlib.sha256()
+    with open(teacher_dir / "dit.safetensors", "rb") as weights:  # streamed: 14B is 28 GB
+        for block in iter(lambda: weights.read(1 << 24), b""):
+            digest.update(block)
+    meta = {"teacher": digest.hexdigest(), "solver": sampler.solver,
             "steps": sampler.steps, "shift": sampler.shift, "guidance": d.teacher_guidance,
             "times": [round(float(k), 6) for k in keep], "seed": config.seed,
             "frame_noise_share": f.frame_noise_share, "source": str(cache.folder)}

@@ -441,7 +441,7 @@ def test_trajectory_loss_starts_the_student_on_the_teachers_path(tmp_path, vae_d
     assert len(task.cache) == 8 and task.cache.folder == tmp_path / "run" / "trajectories"
     seen = []
     hook = task.model.student.register_forward_hook(
-        lambda module, args, out: seen.append((args[0], args[1], out)))
+        lambda module, args, out: seen.append((args[0], args[1], out.detach())))
     batch = task.next_batch(torch.Generator().manual_seed(0))
     parts = task.loss(task.model, batch, torch.Generator().manual_seed(1)).parts
     hook.remove()

@@ -168,10 +168,7 @@ def build_latent_cache(
             indices = range(shard * shard_size, min((shard + 1) * shard_size, items))
             tensors, entries = _encode_shard(dataset, indices, encode_video, encode_text,
                                              batch_size)
-            name = f"shard-{shard:05d}.safetensors"
-            _atomic_save_tensors(tensors, folder / name)
-            index["shards"].append({"file": name, "items": entries})
-            _atomic_write_json(index, folder / INDEX)
+            _append_shard(folder, index, shard, tensors, entries)
             bar.update(len(indices))
     return LatentCache(folder)
 
@@ -211,28 +208,37 @@ def build_sample_cache(
     with tqdm(total=items, initial=min(done * shard_size, items), disable=not progress,
               desc="teacher samples", unit="item") as bar:
         for shard in range(done, -(-items // shard_size)):
-            indices = list(range(shard * shard_size, min((shard + 1) * shard_size, items)))
+            first = shard * shard_size
+            indices = range(first, min(first + shard_size, items))
             tensors: dict[str, torch.Tensor] = {}
+            entries = [dict(source.entries[i]) for i in indices]
             by_shape: dict[tuple, list[int]] = {}
             for i in indices:
                 by_shape.setdefault(source.shape(i), []).append(i)
             for members in by_shape.values():
                 for k in range(0, len(members), batch_size):
                     chunk = members[k : k + batch_size]
-                    latents, states = sample(chunk, [source[i] for i in chunk])
-                    for i, z, s in zip(chunk, latents, states, strict=True):
-                        j = i - indices[0]
+                    records = [source[i] for i in chunk]
+                    latents, states = sample(chunk, records)
+                    for i, r, z, s in zip(chunk, records, latents, states, strict=True):
+                        j = i - first
                         tensors[f"{j}.latent"] = z.to(torch.float16).contiguous()
                         tensors[f"{j}.states"] = s.to(torch.float16).contiguous()
-                        tensors[f"{j}.text"] = source[i].text.to(torch.float16).contiguous()
+                        tensors[f"{j}.text"] = r.text.to(torch.float16).contiguous()
+                        entries[j]["states"] = len(s)
                     bar.update(len(chunk))
-            entries = [dict(source.entries[i], states=int(tensors[f"{i - indices[0]}.states"]
-                                                          .shape[0])) for i in indices]
-            name = f"shard-{shard:05d}.safetensors"
-            _atomic_save_tensors(tensors, folder / name)
-            index["shards"].append({"file": name, "items": entries})
-            _atomic_write_json(index, folder / INDEX)
+            _append_shard(folder, index, shard, tensors, entries)
     return LatentCache(folder)
+
+
+def _append_shard(folder: Path, index: dict[str, Any], shard: int,
+                  tensors: dict[str, torch.Tensor], entries: list[dict[str, Any]]) -> None:
+    """Write shard ``shard`` (atomically), then list it in the index (atomically): a crash
+    between the two leaves a shard the index does not name, rewritten on resume."""
+    name = f"shard-{shard:05d}.safetensors"
+    _atomic_save_tensors(tensors, folder / name)
+    index["shards"].append({"file": name, "items": entries})
+    _atomic_write_json(index, folder / INDEX)
 
 
 def _open_index(folder: Path, meta: dict, items: int, shard_size: int,

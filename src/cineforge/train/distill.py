@@ -400,10 +400,10 @@ def teacher_trajectory(teacher: nn.Module, noise: torch.Tensor, context: torch.T
     velocity = guided_velocity(lambda x, t, context: teacher(x, t, context),
                                {"context": context}, {"context": empty[None].expand_as(context)},
                                guidance)
-    states: dict[int, torch.Tensor] = {}
+    states: list[torch.Tensor] = []  # the state of each model evaluation, in grid order
 
     def recording(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        states[len(states)] = x
+        states.append(x)
         return velocity(x, t)
 
     x = noise

@@ -338,9 +338,9 @@ def test_guidance_error_weights_the_targets_objects_and_edges(tmp_path, vae_dir,
     error[1, 0, 0, 7, 7] = 1.0  # item 1: the same miss in the flat corner
     tasks = {w: build_task(distill_config(tmp_path / f"w{w}", vae_dir, cache_dir, teacher,
                                           f"distill.detail_weight={w}")) for w in (0.0, 4.0)}
-    plain = tasks[0.0]._guidance_errors(target + error, target)
+    plain = tasks[0.0]._item_errors(target + error, target)
     torch.testing.assert_close(plain, torch.full((2,), 1.0 / target[0].numel()))
-    weighted = tasks[4.0]._guidance_errors(target + error, target)
+    weighted = tasks[4.0]._item_errors(target + error, target)
     w = latent_detail_weights(target, 4.0, tasks[4.0].config.flow.detail_threshold)
     assert w[0, 0, 0, 3, 3] == 5.0 and w[1, 0, 0, 7, 7] == 1.0
     total = w.expand_as(target)[0].sum()

@@ -266,12 +266,12 @@ class DistillTask(DiTTask):
                 parts["loss_kd"] = loss_kd
             if d.guidance_weight:
                 target = self._guided_x0(model.teacher, x_s, s, context)
-                errors = self._guidance_errors(x0_hat, target)
+                errors = self._item_errors(x0_hat, target)
                 part = part + d.guidance_weight * guidance_loss(errors, d.guidance_huber)
                 parts["loss_cfg"] = errors.mean()
             if d.trajectory_weight and bool(on_path.any()):
                 on = on_path.to(device)
-                errors = self._guidance_errors(x0_hat[on], x0[on])
+                errors = self._item_errors(x0_hat[on], x0[on])
                 part = part + d.trajectory_weight * guidance_loss(errors, d.guidance_huber) \
                     * (len(errors) / n)
                 parts["loss_traj"] = errors.mean()
@@ -307,7 +307,7 @@ class DistillTask(DiTTask):
         out[chosen] = torch.stack([states[j - 1][row] for row, j in enumerate(k)]).to(out)
         return out
 
-    def _guidance_errors(self, x0_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _item_errors(self, x0_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each item's mean squared error against its target, weighted by the target's
         detail weights (``distill.detail_weight``) when they are on."""
         squared = (x0_hat - target).square()
@@ -334,12 +334,10 @@ class DistillTask(DiTTask):
                    context: torch.Tensor) -> torch.Tensor:
         """The teacher's guided clean estimate of ``x`` at ``t`` (cond and uncond in one
         batch), without gradient."""
-        w = self.config.distill.teacher_guidance
+        velocity = _guided(teacher, context, self.empty.to(context),
+                           self.config.distill.teacher_guidance)
         with torch.no_grad():
-            empty = self.empty.to(context)[None].expand_as(context)
-            v_c, v_u = teacher(torch.cat([x, x]), torch.cat([t, t]),
-                               torch.cat([context, empty])).chunk(2)
-        return x - _col(t, x) * (v_u + w * (v_c - v_u))
+            return x - _col(t, x) * velocity(x, t)
 
     # ------------------------------------------------------------------ validation
 
@@ -397,9 +395,7 @@ def teacher_trajectory(teacher: nn.Module, noise: torch.Tensor, context: torch.T
     grid = torch.unique(grid, sorted=True).flip(0)  # descending, the kept times merged in
     grid = grid[torch.cat([torch.ones(1, dtype=torch.bool), grid[1:] < grid[:-1] - 1e-4])]
     at = [int(torch.argmin((grid - k).abs())) for k in keep.tolist()]
-    velocity = guided_velocity(lambda x, t, context: teacher(x, t, context),
-                               {"context": context}, {"context": empty[None].expand_as(context)},
-                               guidance)
+    velocity = _guided(teacher, context, empty, guidance)
     states: list[torch.Tensor] = []  # the state of each model evaluation, in grid order
 
     def recording(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -480,6 +476,13 @@ def load_student(config: TrainConfig, state: dict[str, torch.Tensor], *, what: s
     load_strict(student, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                 dtype=torch.float32, what=what)
     return student
+
+
+def _guided(teacher: nn.Module, context: torch.Tensor, empty: torch.Tensor, scale: float):
+    """``velocity(x, t)`` of the teacher guided by ``scale`` against the empty prompt's
+    states ``empty`` (L, D), cond and uncond in one batch (``sampling.guided_velocity``)."""
+    return guided_velocity(lambda x, t, context: teacher(x, t, context), {"context": context},
+                           {"context": empty[None].expand_as(context)}, scale)
 
 
 def _col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

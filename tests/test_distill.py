@@ -408,7 +408,11 @@ def test_sample_cache_resumes_after_a_crash_as_if_never_stopped(tmp_path, cache_
         build_sample_cache(tmp_path / "crashed", source, 7, shard_size=3, meta={"m": 1},
                            sample=lambda i, it: sample(i, it, fail_at=4))
     assert len(LatentCache(tmp_path / "crashed")) == 3  # the first shard survived
-    resumed = build_sample_cache(tmp_path / "crashed", source, 7, sample=sample,
+    def after_first_shard(indices, items):
+        assert min(indices) >= 3, "the written shard was sampled again"
+        return sample(indices, items)
+
+    resumed = build_sample_cache(tmp_path / "crashed", source, 7, sample=after_first_shard,
                                  meta={"m": 1}, shard_size=3)
     assert len(whole) == len(resumed) == 7 and whole.complete
     for i in range(7):

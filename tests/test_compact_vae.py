@@ -57,6 +57,18 @@ def test_encoder_and_decoder_are_causal(vae):
     assert (x[:, :, 5:] - y[:, :, 5:]).abs().max() > 1e-3
 
 
+def test_channels_last_stacks_give_the_plain_layout_numbers(vae, monkeypatch):
+    import cineforge.families.demo.vae as module
+
+    clip = _video(9)
+    with torch.no_grad():
+        fast = vae.encode_moments(clip), vae.decode(vae.encode(clip))
+        monkeypatch.setattr(module, "_channels_last", lambda x: x.contiguous())
+        plain = vae.encode_moments(clip), vae.decode(vae.encode(clip))
+    assert fast[1].is_contiguous()
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = perturb(CompactVAE(COMPACT_VAE_TINY), seed=2, scale=0.05)

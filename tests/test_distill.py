@@ -228,6 +228,29 @@ def test_fresh_heads_train_at_their_own_learning_rate(tmp_path, vae_dir, cache_d
     assert not any(id(p) in lr_of for p in model.teacher.parameters())
 
 
+def test_heads_gradients_are_clipped_apart_from_the_students(tmp_path, vae_dir, cache_dir,
+                                                             teacher):
+    """Heads with gradients 100x the student's do not scale the student's down: each side
+    is clipped to the limit on its own, and the norm reported is the student's."""
+    from cineforge.train.optim import grad_norm_
+    from cineforge.train.run import build_task
+
+    model = build_task(distill_config(tmp_path / "run", vae_dir, cache_dir, teacher)).model
+    for side, size in ((model.student, 1e-3), (model.heads, 1e-1)):
+        for p in side.parameters():
+            p.grad = torch.full_like(p, size)
+    student = torch.cat([p.grad.flatten() for p in model.student.parameters()]).clone()
+    heads_norm = torch.cat([p.grad.flatten() for p in model.heads.parameters()]).norm()
+    assert heads_norm > 1.0 > student.norm()  # the heads alone exceed the limit
+
+    norm = grad_norm_(model, 1.0)
+    assert norm == pytest.approx(float(student.norm()), rel=1e-4)
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.student.parameters()]),
+                               student)  # under the limit: untouched
+    clipped = torch.cat([p.grad.flatten() for p in model.heads.parameters()]).norm()
+    assert float(clipped) == pytest.approx(1.0, rel=1e-4)
+
+
 def test_guidance_distillation_targets_the_guided_teacher_at_the_student_input(
         tmp_path, vae_dir, cache_dir, teacher):
     """The student starts as the teacher, so at guidance 1 the target is its own output

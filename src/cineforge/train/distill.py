@@ -142,6 +142,7 @@ class LADD(nn.Module):
                  head_lr_scale: float = 1.0) -> None:
         super().__init__()
         self.lr_scales = {"heads": head_lr_scale}  # read by train.optim.build_optimizer
+        self.adversaries = ("heads",)  # clipped apart from the student: train.optim.grad_norm_
         self.student = copy.deepcopy(teacher).requires_grad_(True)
         self.teacher = teacher.requires_grad_(False).eval()
         self.layers = tuple(layers)

@@ -90,10 +90,22 @@ class EMA:
 
 
 def grad_norm_(model: nn.Module, max_norm: float) -> float:
-    """Global L2 norm of the gradients before clipping; clips to ``max_norm`` if > 0."""
-    params = [p for p in model.parameters() if p.grad is not None]
+    """L2 norm of the gradients before clipping; clips to ``max_norm`` if > 0.
+
+    A model may declare ``adversaries`` (submodule names): players that train against the
+    rest (a distillation's discriminator heads, a VAE's critic). Each is clipped on its own
+    and the rest together, so that a critic's large gradients do not scale the generator's
+    down. The norm returned is the rest's (the whole model's when none is declared)."""
     limit = max_norm if max_norm > 0 else math.inf
-    return float(torch.nn.utils.clip_grad_norm_(params, limit))
+    apart: tuple[str, ...] = tuple(getattr(model, "adversaries", ()))
+    groups: dict[str, list[nn.Parameter]] = {name: [] for name in ("", *apart)}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            owner = next((a for a in apart if name == a or name.startswith(a + ".")), "")
+            groups[owner].append(p)
+    norms = {owner: float(torch.nn.utils.clip_grad_norm_(params, limit))
+             for owner, params in groups.items() if params}
+    return norms.get("", 0.0)
 
 
 @torch.no_grad()

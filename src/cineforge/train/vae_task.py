@@ -134,6 +134,7 @@ class VAEWithCritic(nn.Module):
         self.vae = vae
         self.critic = critic
         self.lr_scales = {"critic": critic_lr_scale}  # read by train.optim.build_optimizer
+        self.adversaries = ("critic",)  # clipped apart from the VAE: train.optim.grad_norm_
 
     def adapt_init_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A bare VAE's weights (an exported ``vae.safetensors``, a run without critic)

@@ -28,8 +28,8 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        scale = next((f for prefix, f in scales.items()
-                      if name == prefix or name.startswith(prefix + ".")), 1.0)
+        owner = _owner(name, scales)
+        scale = 1.0 if owner is None else scales[owner]
         groups.setdefault((scale, p.ndim >= 2), []).append(p)
     return torch.optim.AdamW(
         [{"params": params, "lr": config.lr * scale,
@@ -38,6 +38,11 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
                                                                                  not kv[0][1]))],
         lr=config.lr, betas=config.betas, eps=config.eps,
     )
+
+
+def _owner(name: str, submodules) -> str | None:
+    """The one of ``submodules`` (names) that parameter ``name`` lies under, or None."""
+    return next((m for m in submodules if name == m or name.startswith(m + ".")), None)
 
 
 def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:
@@ -101,8 +106,7 @@ def grad_norm_(model: nn.Module, max_norm: float) -> float:
     groups: dict[str, list[nn.Parameter]] = {name: [] for name in ("", *apart)}
     for name, p in model.named_parameters():
         if p.grad is not None:
-            owner = next((a for a in apart if name == a or name.startswith(a + ".")), "")
-            groups[owner].append(p)
+            groups[_owner(name, apart) or ""].append(p)
     norms = {owner: float(torch.nn.utils.clip_grad_norm_(params, limit))
              for owner, params in groups.items() if params}
     return norms.get("", 0.0)

@@ -18,8 +18,8 @@ init). Spatial ratio ``2 ** (len(widths) - 1)``. Residual blocks are pre-norm
 (GroupNorm, SiLU, 3x3 conv) x 2 with the second conv zero-initialised.
 
 The 2D stacks run on channels-last tensors: oneDNN's convolutions take them without
-reordering, which halves the demo's decode time on a 2-core CPU (43 -> 25 ms a clip,
-``benchmarks/bench_flash.py``); the numbers are the same to float rounding.
+reordering: on a 2-core CPU a demo clip decodes in 22 ms instead of 36 and encodes in 10
+instead of 28, with the same numbers to float rounding (3e-6).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from cineforge import load_pipeline
 from cineforge.errors import CineforgeError
 from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiT
-from cineforge.sampling import flash_schedule, flash_steps, sample
+from cineforge.sampling import flash_schedule, flash_steps, frame_noise, sample
 from cineforge.train.adversarial import adversarial_losses
 from cineforge.train.distill import LADD, DiscriminatorHead
 from cineforge.train.run import export_run, train
@@ -154,23 +154,25 @@ def test_each_term_trains_only_its_own_side(tmp_path, vae_dir, cache_dir, teache
         return norm, model
 
     both, model = grads()
-    assert isinstance(model, LADD)
+    assert isinstance(model, LADD) and model.fake is None
     assert both["student"] > 0 and both["heads"] > 0 and both["teacher"] == 0
     assert all(not p.requires_grad for p in model.teacher.parameters())
-    kd_only, _ = grads("distill.adversarial_weight=0")  # L_D + L_KD: heads get L_D only
-    torch.testing.assert_close(torch.tensor(kd_only["heads"]), torch.tensor(both["heads"]))
+    kd_only, _ = grads("distill.adversarial_weight=0")  # no adversarial term: no discriminator
+    assert kd_only["heads"] == 0 and kd_only["student"] > 0
     adv_only, _ = grads("distill.distill_weight=0")
     assert adv_only["student"] > 0 and adv_only["student"] != both["student"]
+    torch.testing.assert_close(torch.tensor(adv_only["heads"]), torch.tensor(both["heads"]))
 
     # Real and fake both train the heads: with every score inside the hinge's margin, the
-    # score bias gets -1 from the real term and +1 from the fake one, which cancel.
+    # score bias gets -1 from the real term and +1 from the fake one, which cancel (the
+    # student's term reads the heads frozen).
     def constant_scores(model):
         with torch.no_grad():
             for head in model.heads:
                 head.score.weight.zero_()
                 head.score.bias.fill_(0.1)
 
-    _, model = grads("distill.adversarial_weight=0", prepare=constant_scores)
+    _, model = grads(prepare=constant_scores)
     for head in model.heads:
         assert head.score.bias.grad.abs().item() < 1e-6
         assert head.score.weight.grad.abs().sum() > 0
@@ -485,3 +487,90 @@ def test_trajectory_loss_starts_the_student_on_the_teachers_path(tmp_path, vae_d
     assert (task.cache.folder / "index.json").stat().st_mtime_ns == mtime
     with pytest.raises(Exception, match="needs the teacher's trajectories"):
         DistillObjective(trajectory_weight=1.0)
+
+
+def _dmd_grads(tmp_path, vae_dir, cache_dir, teacher, *overrides, seed=1):
+    """Gradient sums per part of a DMD-only distill run's first step, the task and parts."""
+    from cineforge.train.run import build_task
+
+    config = distill_config(tmp_path / "dmd", vae_dir, cache_dir, teacher,
+                            "distill.dmd_weight=1", "distill.adversarial_weight=0",
+                            "distill.distill_weight=0", *overrides)
+    task = build_task(config)
+    model = task.model
+    batch = task.next_batch(torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    out = task.loss(model, batch, torch.Generator().manual_seed(seed))
+    out.loss.backward()
+    norm = {part: sum(float(p.grad.abs().sum()) for p in getattr(model, part).parameters()
+                      if p.grad is not None) for part in ("student", "fake", "heads", "teacher")}
+    return norm, task, out.parts
+
+
+def test_distribution_matching_moves_the_student_toward_the_guided_teacher(
+        tmp_path, vae_dir, cache_dir, teacher):
+    """DMD: the fake score starts as the teacher, so without guidance the real and fake
+    estimates agree and the student gets no gradient (the fake does); with guidance the
+    student's step is the scaled difference of the two estimates, taken by hand here."""
+    norm, task, parts = _dmd_grads(tmp_path, vae_dir, cache_dir, teacher,
+                                   "distill.teacher_guidance=1")
+    assert isinstance(task.model.fake, torch.nn.Module)
+    assert norm["student"] < 1e-9 and norm["fake"] > 0
+    assert norm["heads"] == 0 and norm["teacher"] == 0
+    assert parts["loss_dmd"] < 1e-12 and parts["loss_fake"] > 0
+
+    # By hand: one item, its clean estimate, the DMD step, against the loss's gradient.
+    model = task.model
+    task.config = dataclasses.replace(task.config, distill=dataclasses.replace(
+        task.config.distill, teacher_guidance=3.0))
+    perturb(model.teacher, seed=1)  # text matters (a 2-step run's barely does)
+    gen = torch.Generator().manual_seed(5)
+    x0_hat = torch.randn(2, 16, 3, 4, 4, generator=gen).requires_grad_(True)
+    ctx = torch.randn(2, task.text_len, 384, generator=gen)
+    draws = torch.Generator().manual_seed(9)
+    loss_fake, loss_dmd = task._distribution_matching(model, x0_hat, ctx, draws, True)
+    loss_dmd.backward()
+    draws = torch.Generator().manual_seed(9)  # the same t and noise, drawn again
+    t = 0.02 + 0.96 * torch.rand(2, generator=draws)
+    noise = frame_noise((2, 16, 3, 4, 4), draws, task.config.flow.frame_noise_share)
+    col = t.view(-1, 1, 1, 1, 1)
+    x_t = (1 - col) * x0_hat.detach() + col * noise
+    empty = task.empty[None].expand_as(ctx)
+    with torch.no_grad():
+        v_c, v_u, v_f = (model.teacher(x_t, t, ctx), model.teacher(x_t, t, empty),
+                         model.fake(x_t, t, ctx))
+    real = x_t - col * (v_u + 3.0 * (v_c - v_u))
+    fake = x_t - col * v_f
+    scale = (x0_hat.detach() - real).abs().flatten(1).mean(1).view(-1, 1, 1, 1, 1)
+    want = (fake - real) / scale / x0_hat.numel()
+    assert want.abs().max() > 1e-6
+    torch.testing.assert_close(x0_hat.grad, want, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(loss_fake, (v_f - (noise - x0_hat.detach())).square().mean(),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_distribution_matching_trains_the_fake_more_often_than_the_student(
+        tmp_path, vae_dir, cache_dir, teacher):
+    """distill.fake_updates k: a step trains the student with probability 1 / k (no
+    gradient reaches it otherwise, so AdamW leaves it alone) and the fake every step; the
+    fake and the heads are adversaries, clipped and scheduled on their own."""
+    from cineforge.train.optim import build_optimizer
+
+    seen = []
+    for seed in range(12):
+        norm, task, parts = _dmd_grads(tmp_path, vae_dir, cache_dir, teacher,
+                                       "distill.fake_updates=4", "distill.fake_lr_scale=5",
+                                       "optim.lr=1e-3", seed=seed)
+        assert norm["fake"] > 0 and norm["heads"] == 0
+        trained = any(p.grad is not None for p in task.model.student.parameters())
+        assert trained == ("loss_dmd" in parts)
+        seen.append(trained)
+    assert 1 <= sum(seen) <= 8  # about 3 of 12
+    groups = build_optimizer(task.model, task.config.optim).param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert [lr_of[id(p)] for p in task.model.fake.parameters()] == pytest.approx(
+        [5e-3] * len(list(task.model.fake.parameters())))
+    assert task.model.adversaries == ("heads", "fake")
+    with pytest.raises(CineforgeError, match="fake_updates >= 1"):
+        distill_config(tmp_path / "bad", vae_dir, cache_dir, teacher, "distill.dmd_weight=1",
+                       "distill.fake_updates=0")

@@ -259,6 +259,13 @@ class DistillObjective:
     teacher's whole run from there ends: the guided target ``L_CFG`` is the teacher's own
     one-call estimate, which a 4-step run of the teacher itself follows no better than the
     student.
+    ``dmd_weight`` > 0: distribution matching (DMD, Yin et al. 2024; DMD2's form): a fake
+    score model, a copy of the teacher trained at ``fake_lr_scale`` times the learning rate,
+    learns the flow of the student's samples, and the student moves each sample along the
+    difference between the teacher's guided clean estimate and the fake's, at times
+    ``U(0.02, 0.98)`` shifted by ``dmd_shift``. ``fake_updates`` k >= 1: on average k fake
+    updates per student update (DMD2's two time-scale rule; a step trains the student with
+    probability 1 / k, the fake every step).
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -281,6 +288,10 @@ class DistillObjective:
     trajectories: int = 0
     trajectory_weight: float = 0.0
     trajectory_dir: str = ""
+    dmd_weight: float = 0.0
+    dmd_shift: float = 1.0
+    fake_lr_scale: float = 1.0
+    fake_updates: int = 1
 
     def __post_init__(self) -> None:
         _require(1 <= self.steps <= 16 and self.shift > 0,
@@ -294,10 +305,13 @@ class DistillObjective:
         _require(self.loss in DISTILL_LOSSES,
                  f"distill.loss must be one of {DISTILL_LOSSES}, got {self.loss!r}")
         weights = (self.adversarial_weight, self.distill_weight, self.guidance_weight,
-                   self.trajectory_weight)
+                   self.trajectory_weight, self.dmd_weight)
         _require(min(weights) >= 0 and sum(weights) > 0,
-                 "distill.adversarial_weight, distill_weight, guidance_weight and "
-                 "trajectory_weight must be >= 0, not all 0")
+                 "distill.adversarial_weight, distill_weight, guidance_weight, "
+                 "trajectory_weight and dmd_weight must be >= 0, not all 0")
+        _require(self.dmd_shift > 0 and self.fake_lr_scale > 0 and self.fake_updates >= 1,
+                 f"distill.dmd_shift and fake_lr_scale must be > 0 and fake_updates >= 1, got "
+                 f"{self.dmd_shift}, {self.fake_lr_scale}, {self.fake_updates}")
         _require(self.trajectories >= 0,
                  f"distill.trajectories counts items (0: train on the data), got "
                  f"{self.trajectories}")

@@ -75,6 +75,7 @@ from cineforge.families.registry import get_preset
 from cineforge.models.layers import modulate
 from cineforge.sampling import flash_schedule, flash_steps, frame_noise, get_solver
 from cineforge.sampling.guidance import guided_velocity
+from cineforge.sampling.schedules import shift_time
 from cineforge.sampling.solvers import solver_steps
 from cineforge.train.adversarial import adversarial_losses, frozen_call
 from cineforge.train.config import TrainConfig
@@ -135,15 +136,20 @@ class DiscriminatorHead(nn.Module):
 
 
 class LADD(nn.Module):
-    """What a distillation run trains: the ``student`` and the discriminator ``heads``; the
-    ``teacher`` (also the discriminator's trunk) is frozen."""
+    """What a distillation run trains: the ``student``, the discriminator ``heads`` and, for
+    distribution matching, the ``fake`` score model; the ``teacher`` (also the
+    discriminator's trunk and DMD's real score) is frozen."""
 
     def __init__(self, teacher: nn.Module, layers: tuple[int, ...], heads: int,
-                 head_lr_scale: float = 1.0) -> None:
+                 head_lr_scale: float = 1.0, *, fake_score: bool = False,
+                 fake_lr_scale: float = 1.0) -> None:
         super().__init__()
-        self.lr_scales = {"heads": head_lr_scale}  # read by train.optim.build_optimizer
-        self.adversaries = ("heads",)  # clipped apart from the student: train.optim.grad_norm_
+        # read by train.optim: build_optimizer's learning rates, grad_norm_'s clip groups
+        self.lr_scales = {"heads": head_lr_scale, "fake": fake_lr_scale}
+        self.adversaries = ("heads", "fake")
         self.student = copy.deepcopy(teacher).requires_grad_(True)
+        # DMD's fake score model: the flow of the student's samples, from the teacher's weights
+        self.fake = copy.deepcopy(teacher).requires_grad_(True) if fake_score else None
         self.teacher = teacher.requires_grad_(False).eval()
         self.layers = tuple(layers)
         dim = teacher.config.dim
@@ -190,7 +196,7 @@ class DistillTask(DiTTask):
         d = config.distill
         if config.flow.packing:
             raise CineforgeError("a distill run takes padded batches; set flow.packing: false")
-        if self.empty is None and (d.distill_weight or d.guidance_weight) \
+        if self.empty is None and (d.distill_weight or d.guidance_weight or d.dmd_weight) \
                 and d.teacher_guidance != 1:
             raise CineforgeError(f"{cache.folder} has no empty-prompt states for the teacher's "
                                  "guidance; set distill.teacher_guidance: 1 or rebuild the cache")
@@ -205,7 +211,8 @@ class DistillTask(DiTTask):
                                  f"teacher's {teacher.config.num_layers}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the heads' default init draws from the global RNG
-            self.model = LADD(teacher, d.disc_layers, d.disc_heads, d.head_lr_scale)
+            self.model = LADD(teacher, d.disc_layers, d.disc_heads, d.head_lr_scale,
+                              fake_score=bool(d.dmd_weight), fake_lr_scale=d.fake_lr_scale)
         self.teacher_folder = folder
         if d.trajectory_weight and cache[0].states is None:
             raise CineforgeError(f"distill.trajectory_weight trains on the teacher's samples, "
@@ -223,6 +230,9 @@ class DistillTask(DiTTask):
         total = sum(len(items) for items in batch)
         loss, tokens = torch.zeros((), device=device), 0
         sums: dict[str, float] = {}
+        # DMD's two time-scale rule: the fake score trains every step, the student on 1 / k
+        train_student = not (d.dmd_weight and d.fake_updates > 1) \
+            or bool(torch.rand(1, generator=generator) * d.fake_updates < 1)
         for items in batch:
             n = len(items)
             x0 = torch.stack([item.latent for item in items])
@@ -246,8 +256,35 @@ class DistillTask(DiTTask):
                 x_s = self._rolled_inputs(model.student, x_s, noise, step, rolled, context,
                                           generator)
                 on_path &= ~rolled
-            x0_hat = x_s - _col(s, x_s) * model.student(x_s, s, context)
-            real, fake = _noised(x0, renoise, t), _noised(x0_hat, renoise, t)
+            with torch.set_grad_enabled(train_student and torch.is_grad_enabled()):
+                x0_hat = x_s - _col(s, x_s) * model.student(x_s, s, context)
+            part, parts = torch.zeros((), device=device), {}
+            if d.dmd_weight:
+                loss_fake, loss_dmd = self._distribution_matching(model, x0_hat, context,
+                                                                  generator, train_student)
+                part, parts["loss_fake"] = part + loss_fake, loss_fake
+                if loss_dmd is not None:
+                    part, parts["loss_dmd"] = part + d.dmd_weight * loss_dmd, loss_dmd
+            if train_student:
+                part = part + self._student_terms(model, items, x0, x0_hat, x_s, s, t, renoise,
+                                                  context, on_path, parts)
+            loss = loss + part * (n / total)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value.item() * n / total
+            tokens += sum(latent_tokens(tuple(item.latent.shape), self.patch) for item in items)
+        return StepLoss(loss, sums, tokens)
+
+    def _student_terms(self, model: LADD, items: list[CacheItem], x0: torch.Tensor,
+                       x0_hat: torch.Tensor, x_s: torch.Tensor, s: torch.Tensor,
+                       t: torch.Tensor, renoise: torch.Tensor, context: torch.Tensor,
+                       on_path: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The discriminator's and the student's terms but DMD's (their weighted sum), their
+        values added to ``parts``. The discriminator runs only where its term is weighted."""
+        d, device, n = self.config.distill, x0.device, len(items)
+        part = torch.zeros((), device=device)
+        real, fake = _noised(x0, renoise, t), _noised(x0_hat, renoise, t)
+        v_c = None
+        if d.adversarial_weight:
             with torch.no_grad():
                 real_states = model.trunk(real, t, context)[:3]
             real_scores = model.scores(*real_states)
@@ -258,31 +295,64 @@ class DistillTask(DiTTask):
             fake_scores = model.scores([h.detach() for h in states], e.detach(), text.detach())
             student_scores = model.scores(states, e, text, frozen_heads=True)
             loss_d, loss_g = adversarial_losses(real_scores, fake_scores, student_scores, d.loss)
-            part = loss_d + d.adversarial_weight * loss_g
-            parts = {"loss_d": loss_d, "loss_g": loss_g}
-            if d.distill_weight:
-                target = self._teacher_x0(model.teacher, fake.detach(), t, context, v_c.detach())
-                loss_kd = (x0_hat - target).square().mean()
-                part = part + d.distill_weight * loss_kd
-                parts["loss_kd"] = loss_kd
-            if d.guidance_weight:
-                target = self._guided_x0(model.teacher, x_s, s, context)
-                errors = self._item_errors(x0_hat, target)
-                part = part + d.guidance_weight * guidance_loss(errors, d.guidance_huber)
-                parts["loss_cfg"] = errors.mean()
-            if d.trajectory_weight and bool(on_path.any()):
-                on = on_path.to(device)
-                errors = self._item_errors(x0_hat[on], x0[on])
-                part = part + d.trajectory_weight * guidance_loss(errors, d.guidance_huber) \
-                    * (len(errors) / n)
-                parts["loss_traj"] = errors.mean()
-            parts["real_score"] = torch.stack([r.mean() for r in real_scores]).mean()
-            parts["fake_score"] = torch.stack([x.mean() for x in fake_scores]).mean()
-            loss = loss + part * (n / total)
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value.item() * n / total
-            tokens += sum(latent_tokens(tuple(item.latent.shape), self.patch) for item in items)
-        return StepLoss(loss, sums, tokens)
+            part = part + loss_d + d.adversarial_weight * loss_g
+            parts |= {"loss_d": loss_d, "loss_g": loss_g,
+                      "real_score": torch.stack([r.mean() for r in real_scores]).mean(),
+                      "fake_score": torch.stack([x.mean() for x in fake_scores]).mean()}
+        if d.distill_weight:
+            if v_c is None:
+                with torch.no_grad():
+                    v_c = model.teacher(fake.detach(), t, context)
+            target = self._teacher_x0(model.teacher, fake.detach(), t, context, v_c.detach())
+            loss_kd = (x0_hat - target).square().mean()
+            part = part + d.distill_weight * loss_kd
+            parts["loss_kd"] = loss_kd
+        if d.guidance_weight:
+            target = self._guided_x0(model.teacher, x_s, s, context)
+            errors = self._item_errors(x0_hat, target)
+            part = part + d.guidance_weight * guidance_loss(errors, d.guidance_huber)
+            parts["loss_cfg"] = errors.mean()
+        if d.trajectory_weight and bool(on_path.any()):
+            on = on_path.to(device)
+            errors = self._item_errors(x0_hat[on], x0[on])
+            part = part + d.trajectory_weight * guidance_loss(errors, d.guidance_huber) \
+                * (len(errors) / n)
+            parts["loss_traj"] = errors.mean()
+        return part
+
+    def _distribution_matching(self, model: LADD, x0_hat: torch.Tensor, context: torch.Tensor,
+                               generator: torch.Generator, train_student: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(L_FAKE, L_DMD)`` for the student's clean estimates ``x0_hat`` (DMD2's form,
+        in flow time). With ``x_t = (1 - t) sg(x0_hat) + t n'``, ``t`` from
+        ``U(0.02, 0.98)`` shifted by ``distill.dmd_shift``::
+
+            L_FAKE = mean (fake(x_t, t) - (n' - sg(x0_hat)))^2        trains the fake only
+            g      = (x0_fake - x0_real) / mean|sg(x0_hat) - x0_real|  per item, no gradient
+            L_DMD  = mean (x0_hat - sg(x0_hat - g))^2 / 2              trains the student only
+
+        ``x0_real`` is the teacher's clean estimate of ``x_t`` guided by
+        ``distill.teacher_guidance``, ``x0_fake`` the fake's: ``g`` is the gradient of the KL
+        divergence from the teacher's distribution to the student's, at ``x0_hat``, up to
+        scale, so the student's samples move toward the teacher's modes and away from its own.
+        ``L_DMD`` is None when this step leaves the student alone."""
+        d = self.config.distill
+        n = x0_hat.shape[0]
+        t = shift_time(0.02 + 0.96 * torch.rand(n, generator=generator), d.dmd_shift)
+        noise = frame_noise(tuple(x0_hat.shape), generator, self.config.flow.frame_noise_share)
+        t, noise = t.to(x0_hat.device), noise.to(x0_hat)
+        sample = x0_hat.detach()
+        x_t = _noised(sample, noise, t)
+        v_fake = model.fake(x_t, t, context)
+        loss_fake = (v_fake - (noise - sample)).square().mean()
+        if not train_student:
+            return loss_fake, None
+        with torch.no_grad():
+            real = self._guided_x0(model.teacher, x_t, t, context)
+            fake = x_t - _col(t, x_t) * v_fake
+            scale = (sample - real).abs().flatten(1).mean(1).clamp_min(1e-6)
+            step = (fake - real) / _col(scale, fake)
+        return loss_fake, 0.5 * (x0_hat - (sample - step)).square().mean()
 
     def _rolled_inputs(self, student: nn.Module, x_s: torch.Tensor, noise: torch.Tensor,
                        step: torch.Tensor, rolled: torch.Tensor, context: torch.Tensor,

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from cineforge import load_pipeline
 from cineforge.errors import CineforgeError
+from cineforge.families.family import load_model
 from cineforge.families.registry import get_preset
 from cineforge.families.wan.dit import WanDiT
 from cineforge.sampling import flash_schedule, flash_steps, frame_noise, sample
@@ -574,3 +575,34 @@ def test_distribution_matching_trains_the_fake_more_often_than_the_student(
     with pytest.raises(CineforgeError, match="fake_updates >= 1"):
         distill_config(tmp_path / "bad", vae_dir, cache_dir, teacher, "distill.dmd_weight=1",
                        "distill.fake_updates=0")
+
+
+def test_a_shallower_student_starts_from_the_teachers_blocks_and_exports_its_depth(
+        tmp_path, vae_dir, cache_dir, teacher):
+    """distill.student_layers [1]: the student is the teacher with block 1 only (the other
+    weights shared); a run with DMD trains it, and its export loads as a 1-block model."""
+    from cineforge.train.run import build_task
+
+    config = distill_config(tmp_path / "run", vae_dir, cache_dir, teacher, "steps=2",
+                            "distill.student_layers=[1]", "distill.dmd_weight=1",
+                            "distill.adversarial_weight=0", "distill.distill_weight=0")
+    model = build_task(config).model
+    assert len(model.student.blocks) == 1 and model.student.config.num_layers == 1
+    assert len(model.teacher.blocks) == 2 and len(model.fake.blocks) == 2
+    for name, x in model.student.state_dict().items():
+        source = name.replace("blocks.0.", "blocks.1.")
+        assert torch.equal(x, model.teacher.state_dict()[source]), name
+    folder = train(config, progress=False)
+    student = load_file(folder / "dit.safetensors")
+    assert not any(k.startswith("blocks.1.") for k in student)
+    assert export_run(tmp_path / "run", tmp_path / "again").is_dir()  # from the checkpoint
+    dit = load_model(get_preset(config.model.preset), folder, "dit")
+    assert len(dit.blocks) == 1
+    ema = load_file(folder / "dit.safetensors")
+    assert all(torch.equal(dit.state_dict()[k], v.float()) for k, v in ema.items())
+    with pytest.raises(CineforgeError, match="increasing order"):
+        distill_config(tmp_path / "bad", vae_dir, cache_dir, teacher,
+                       "distill.student_layers=[1, 0]")
+    with pytest.raises(CineforgeError, match="student_layers .* beyond the teacher's 2"):
+        build_task(distill_config(tmp_path / "far", vae_dir, cache_dir, teacher,
+                                  "distill.student_layers=[0, 2]"))

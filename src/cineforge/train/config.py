@@ -266,6 +266,8 @@ class DistillObjective:
     ``U(0.02, 0.98)`` shifted by ``dmd_shift``. ``fake_updates`` k >= 1: on average k fake
     updates per student update (DMD2's two time-scale rule; a step trains the student with
     probability 1 / k, the fake every step).
+    ``student_layers``: the teacher's blocks the student keeps, in order (empty: all): a
+    shallower student, initialised from those blocks, that runs faster per step.
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -292,6 +294,7 @@ class DistillObjective:
     dmd_shift: float = 1.0
     fake_lr_scale: float = 1.0
     fake_updates: int = 1
+    student_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _require(1 <= self.steps <= 16 and self.shift > 0,
@@ -309,6 +312,10 @@ class DistillObjective:
         _require(min(weights) >= 0 and sum(weights) > 0,
                  "distill.adversarial_weight, distill_weight, guidance_weight, "
                  "trajectory_weight and dmd_weight must be >= 0, not all 0")
+        _require(list(self.student_layers) == sorted(set(self.student_layers))
+                 and min(self.student_layers, default=0) >= 0,
+                 f"distill.student_layers must list distinct block indices in increasing "
+                 f"order, got {self.student_layers}")
         _require(self.dmd_shift > 0 and self.fake_lr_scale > 0 and self.fake_updates >= 1,
                  f"distill.dmd_shift and fake_lr_scale must be > 0 and fake_updates >= 1, got "
                  f"{self.dmd_shift}, {self.fake_lr_scale}, {self.fake_updates}")

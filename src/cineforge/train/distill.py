@@ -61,6 +61,7 @@ with the ``flash`` solver.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +143,12 @@ class LADD(nn.Module):
 
     def __init__(self, teacher: nn.Module, layers: tuple[int, ...], heads: int,
                  head_lr_scale: float = 1.0, *, fake_score: bool = False,
-                 fake_lr_scale: float = 1.0) -> None:
+                 fake_lr_scale: float = 1.0, student_layers: tuple[int, ...] = ()) -> None:
         super().__init__()
         # read by train.optim: build_optimizer's learning rates, grad_norm_'s clip groups
         self.lr_scales = {"heads": head_lr_scale, "fake": fake_lr_scale}
         self.adversaries = ("heads", "fake")
-        self.student = copy.deepcopy(teacher).requires_grad_(True)
+        self.student = keep_blocks(copy.deepcopy(teacher), student_layers).requires_grad_(True)
         # DMD's fake score model: the flow of the student's samples, from the teacher's weights
         self.fake = copy.deepcopy(teacher).requires_grad_(True) if fake_score else None
         self.teacher = teacher.requires_grad_(False).eval()
@@ -206,13 +207,15 @@ class DistillTask(DiTTask):
             raise CineforgeError(f"the teacher in {folder} is not the DiT that model (preset "
                                  "and overrides) describes; the student is a copy of the "
                                  "teacher, so make model match it")
-        if max(d.disc_layers) >= teacher.config.num_layers:
-            raise CineforgeError(f"distill.disc_layers {d.disc_layers} name blocks beyond the "
-                                 f"teacher's {teacher.config.num_layers}")
+        for name, layers in (("disc_layers", d.disc_layers), ("student_layers", d.student_layers)):
+            if max(layers, default=0) >= teacher.config.num_layers:
+                raise CineforgeError(f"distill.{name} {layers} name blocks beyond the "
+                                     f"teacher's {teacher.config.num_layers}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the heads' default init draws from the global RNG
             self.model = LADD(teacher, d.disc_layers, d.disc_heads, d.head_lr_scale,
-                              fake_score=bool(d.dmd_weight), fake_lr_scale=d.fake_lr_scale)
+                              fake_score=bool(d.dmd_weight), fake_lr_scale=d.fake_lr_scale,
+                              student_layers=d.student_layers)
         self.teacher_folder = folder
         if d.trajectory_weight and cache[0].states is None:
             raise CineforgeError(f"distill.trajectory_weight trains on the teacher's samples, "
@@ -541,12 +544,24 @@ def load_student(config: TrainConfig, state: dict[str, torch.Tensor], *, what: s
     preset = get_preset(config.model.preset)
     json = teacher_folder(config) / "dit.json"
     dit_config = read_model_config(type(preset.dit), json) if json.is_file() else preset.dit
+    if config.distill.student_layers:
+        dit_config = dataclasses.replace(dit_config,
+                                         num_layers=len(config.distill.student_layers))
     with torch.device("meta"):
         student = preset.family.build("dit", dit_config)
     prefix = "student."
     load_strict(student, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                 dtype=torch.float32, what=what)
     return student
+
+
+def keep_blocks(dit: nn.Module, layers: tuple[int, ...]) -> nn.Module:
+    """``dit`` (a Wan-style DiT: ``blocks``, ``config.num_layers``) with only its blocks
+    ``layers``, in that order; all of them when ``layers`` is empty. In place."""
+    if layers:
+        dit.blocks = nn.ModuleList(dit.blocks[i] for i in layers)
+        dit.config = dataclasses.replace(dit.config, num_layers=len(layers))
+    return dit
 
 
 def _guided(teacher: nn.Module, context: torch.Tensor, empty: torch.Tensor, scale: float):

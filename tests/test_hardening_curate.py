@@ -112,10 +112,10 @@ def test_interrupted_worker_hands_its_claims_back(db):
 
 def test_waiting_run_names_whose_leases_it_waits_for(db):
     sessions = session_factory(open_catalog(db))
-    claim(sessions, ["dedup"], "elsewhere:42", 3, lease_s=1.5)
+    claim(sessions, ["dedup"], "elsewhere:42", 3, lease_s=4.0)
     with sessions() as s:
         assert waiting_for(s, ("dedup",), {"me:1"}) is None  # one task is there to claim
-    claim(sessions, ["dedup"], "elsewhere:42", 1, lease_s=1.5)
+    claim(sessions, ["dedup"], "elsewhere:42", 1, lease_s=4.0)
     with sessions() as s:
         until = s.scalar(select(func.max(Task.lease_until)).where(Task.stage == "dedup"))
         until = time.strftime("%H:%M:%S", time.localtime(until))

@@ -420,6 +420,11 @@ def test_build_cache_with_minilm(tmp_path, vae_dir, capsys):
     assert main(["train", "cache", "--config", str(CONFIGS / "tiny_dit.yaml"), *sets,
                  "--no-progress"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "latents")
+    # a distillation's config names the cache it trains on: the same command builds it
+    assert main(["train", "cache", "--config", str(CONFIGS / "tiny_dit.yaml"), *sets,
+                 "--set", "task=distill", "--set", f"distill.teacher={vae_dir}",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "latents")
 
 
 def test_cache_meta_records_set_world_knobs_only(vae_dir):
@@ -483,6 +488,8 @@ def test_cli_train_resume_export(tmp_path, capsys):
     ("args", "message"),
     [
         (["train", "dit", "--config", str(CONFIGS / "tiny_vae.yaml")], "is a 'vae' config"),
+        (["train", "cache", "--config", str(CONFIGS / "tiny_vae.yaml")],
+         "is a 'vae' config; it has no latent cache"),
         (["train", "vae", "--config", str(CONFIGS / "tiny_vae.yaml"), "--set", "device=gpu0"],
          "unknown device 'gpu0'"),
         (["train", "vae", "--config", str(CONFIGS / "tiny_vae.yaml"), "--set", "optim.lrr=1"],

@@ -79,13 +79,13 @@ def run_train(args: argparse.Namespace) -> int:
                                         progress=not args.no_progress):
             print(f"{stage}: {export}")
         return 0
-    task = "dit" if args.train_command == "cache" else args.train_command
+    # a cache serves the DiT runs and the distillations that train on them
+    tasks = ("dit", "distill") if args.train_command == "cache" else (args.train_command,)
     tree = read_tree(args.config, args.set)
-    if tree.setdefault("task", task) != task:
-        raise CineforgeError(
-            f"{args.config} is a {tree['task']!r} config; run "
-            f"`cineforge train {tree['task']}` instead"
-        )
+    if tree.setdefault("task", tasks[0]) not in tasks:
+        fix = ("it has no latent cache" if args.train_command == "cache" else
+               f"run `cineforge train {tree['task']}` instead")
+        raise CineforgeError(f"{args.config} is a {tree['task']!r} config; {fix}")
     if args.out:
         tree["out"] = args.out
     config = from_tree(TrainConfig, tree)

@@ -606,3 +606,50 @@ def test_a_shallower_student_starts_from_the_teachers_blocks_and_exports_its_dep
     with pytest.raises(CineforgeError, match="student_layers .* beyond the teacher's 2"):
         build_task(distill_config(tmp_path / "far", vae_dir, cache_dir, teacher,
                                   "distill.student_layers=[0, 2]"))
+
+
+def test_a_cut_student_starts_from_its_init_and_heals_toward_the_uncut_model(
+        tmp_path, vae_dir, cache_dir, teacher):
+    """distill.student_init: the student is that model (not the teacher) cut to
+    student_layers; heal_weight regresses it onto the uncut model's one-call estimate, which
+    is 0 uncut and falls as the cut student trains; the uncut model stays frozen."""
+    from cineforge.train.dit_task import export_dit
+    from cineforge.train.run import build_task
+
+    dit = load_model(get_preset("wan2.1-t2v-tiny"), teacher, "dit")
+    (start := tmp_path / "start").mkdir()
+    export_dit(perturb(dit, seed=5), teacher, start)
+
+    def task(name, *overrides):
+        return build_task(distill_config(
+            tmp_path / name, vae_dir, cache_dir, teacher, f"distill.student_init={start}",
+            "distill.heal_weight=1", "distill.adversarial_weight=0",
+            "distill.distill_weight=0", "optim.lr=1e-3", "optim.warmup=0", *overrides))
+
+    def heal_loss(t):
+        batch = t.next_batch(torch.Generator().manual_seed(0))
+        return float(t.loss(t.model, batch, torch.Generator().manual_seed(1)).parts["loss_heal"])
+
+    assert heal_loss(task("uncut")) < 1e-10  # the student is the model it regresses onto
+    cut = task("cut", "distill.student_layers=[1]", "steps=30")
+    model = cut.model
+    reference = model.full_depth()
+    assert reference is model.reference and len(reference.blocks) == 2
+    assert not any(p.requires_grad for p in reference.parameters())
+    for name, x in model.student.state_dict().items():
+        assert torch.equal(x, reference.state_dict()[name.replace("blocks.0.", "blocks.1.")])
+    assert not torch.equal(reference.blocks[1].ffn[0].weight, model.teacher.blocks[1].ffn[0].weight)
+    before = heal_loss(cut)
+    assert before > 1e-4
+    folder = train(cut.config, progress=False)
+    trained = task("cut2", "distill.student_layers=[1]")
+    trained.model.student.load_state_dict(
+        {k: v.float() for k, v in load_file(folder / "dit.safetensors").items()})
+    assert heal_loss(trained) < 0.7 * before
+
+    other = WanDiT(dataclasses.replace(dit.config, num_layers=3))
+    (wrong := tmp_path / "wrong").mkdir()
+    export_dit(other, teacher, wrong)
+    with pytest.raises(CineforgeError, match="student_init .* unlike the teacher"):
+        build_task(distill_config(tmp_path / "w", vae_dir, cache_dir, teacher,
+                                  f"distill.student_init={wrong}", "distill.heal_weight=1"))

@@ -268,6 +268,11 @@ class DistillObjective:
     probability 1 / k, the fake every step).
     ``student_layers``: the teacher's blocks the student keeps, in order (empty: all): a
     shallower student, initialised from those blocks, that runs faster per step.
+    ``student_init``: a weights folder of the teacher's architecture the student starts from
+    (before ``student_layers`` cuts it; empty: the teacher), e.g. a distilled full-depth
+    student to make shallower. ``heal_weight`` > 0: the student's clean estimate regresses,
+    at its own input, onto that uncut model's one-call estimate (``L_HEAL``, no guidance):
+    what the blocks left out did, learnt back by the blocks kept.
     ``teacher``: a weights folder (cineforge layout); empty: the preset's own weights
     (``model.preset``)."""
 
@@ -295,6 +300,8 @@ class DistillObjective:
     fake_lr_scale: float = 1.0
     fake_updates: int = 1
     student_layers: tuple[int, ...] = ()
+    student_init: str = ""
+    heal_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(1 <= self.steps <= 16 and self.shift > 0,
@@ -308,10 +315,10 @@ class DistillObjective:
         _require(self.loss in DISTILL_LOSSES,
                  f"distill.loss must be one of {DISTILL_LOSSES}, got {self.loss!r}")
         weights = (self.adversarial_weight, self.distill_weight, self.guidance_weight,
-                   self.trajectory_weight, self.dmd_weight)
+                   self.trajectory_weight, self.dmd_weight, self.heal_weight)
         _require(min(weights) >= 0 and sum(weights) > 0,
                  "distill.adversarial_weight, distill_weight, guidance_weight, "
-                 "trajectory_weight and dmd_weight must be >= 0, not all 0")
+                 "trajectory_weight, dmd_weight and heal_weight must be >= 0, not all 0")
         _require(list(self.student_layers) == sorted(set(self.student_layers))
                  and min(self.student_layers, default=0) >= 0,
                  f"distill.student_layers must list distinct block indices in increasing "

@@ -47,8 +47,14 @@ solver's state at ``s``, and
     L_TRAJ = mean (x0_hat(x_s) - x0)^2         (detail-weighted and Huber as L_CFG)
 
 asks the student to jump in one call to where the teacher's whole run from ``x_s`` ends.
+A student cut to fewer blocks (``distill.student_layers``) of a model (``distill.student_init``,
+default the teacher) can learn back what the left-out blocks did from that uncut model ``U``:
+
+    L_HEAL = mean (x0_hat - (x_s - s * U(x_s, s, text)))^2       (no gradient into U)
+
 One backward pass of ``L_D + adversarial_weight * L_G + distill_weight * L_KD +
-guidance_weight * L_CFG + trajectory_weight * L_TRAJ`` trains student and heads together:
+guidance_weight * L_CFG + trajectory_weight * L_TRAJ + heal_weight * L_HEAL`` (and DMD's
+terms, ``_distribution_matching``) trains student and heads together:
 each term reaches only its own side. The gradient of ``L_G`` flows through the frozen trunk
 into the student; the teacher's weights never change.
 
@@ -143,12 +149,18 @@ class LADD(nn.Module):
 
     def __init__(self, teacher: nn.Module, layers: tuple[int, ...], heads: int,
                  head_lr_scale: float = 1.0, *, fake_score: bool = False,
-                 fake_lr_scale: float = 1.0, student_layers: tuple[int, ...] = ()) -> None:
+                 fake_lr_scale: float = 1.0, student_layers: tuple[int, ...] = (),
+                 start: nn.Module | None = None, reference: bool = False) -> None:
         super().__init__()
         # read by train.optim: build_optimizer's learning rates, grad_norm_'s clip groups
         self.lr_scales = {"heads": head_lr_scale, "fake": fake_lr_scale}
         self.adversaries = ("heads", "fake")
-        self.student = keep_blocks(copy.deepcopy(teacher), student_layers).requires_grad_(True)
+        # the student: ``start`` (default the teacher) cut to ``student_layers``; with
+        # ``reference`` the uncut ``start`` stays beside it, frozen, as its healing target
+        source = teacher if start is None else start
+        self.student = keep_blocks(copy.deepcopy(source), student_layers).requires_grad_(True)
+        self.reference = source.requires_grad_(False).eval() \
+            if reference and source is not teacher else None
         # DMD's fake score model: the flow of the student's samples, from the teacher's weights
         self.fake = copy.deepcopy(teacher).requires_grad_(True) if fake_score else None
         self.teacher = teacher.requires_grad_(False).eval()
@@ -159,7 +171,13 @@ class LADD(nn.Module):
     def train(self, mode: bool = True) -> LADD:
         super().train(mode)
         self.teacher.eval()
+        if self.reference is not None:
+            self.reference.eval()
         return self
+
+    def full_depth(self) -> nn.Module:
+        """The uncut model the student was made from (its ``heal_weight`` target)."""
+        return self.teacher if self.reference is None else self.reference
 
     def trunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
               velocity: bool = False):
@@ -211,11 +229,20 @@ class DistillTask(DiTTask):
             if max(layers, default=0) >= teacher.config.num_layers:
                 raise CineforgeError(f"distill.{name} {layers} name blocks beyond the "
                                      f"teacher's {teacher.config.num_layers}")
+        start = None
+        if d.student_init:
+            start = load_model(get_preset(config.model.preset), Path(d.student_init), "dit")
+            if start.config != teacher.config:
+                raise CineforgeError(f"distill.student_init {d.student_init} holds a DiT "
+                                     f"unlike the teacher in {folder}; the student starts "
+                                     "from a model of the teacher's architecture (cut with "
+                                     "distill.student_layers)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the heads' default init draws from the global RNG
             self.model = LADD(teacher, d.disc_layers, d.disc_heads, d.head_lr_scale,
                               fake_score=bool(d.dmd_weight), fake_lr_scale=d.fake_lr_scale,
-                              student_layers=d.student_layers)
+                              student_layers=d.student_layers, start=start,
+                              reference=bool(d.heal_weight))
         self.teacher_folder = folder
         if d.trajectory_weight and cache[0].states is None:
             raise CineforgeError(f"distill.trajectory_weight trains on the teacher's samples, "
@@ -315,6 +342,12 @@ class DistillTask(DiTTask):
             errors = self._item_errors(x0_hat, target)
             part = part + d.guidance_weight * guidance_loss(errors, d.guidance_huber)
             parts["loss_cfg"] = errors.mean()
+        if d.heal_weight:
+            with torch.no_grad():
+                target = x_s - _col(s, x_s) * model.full_depth()(x_s, s, context)
+            loss_heal = (x0_hat - target).square().mean()
+            part = part + d.heal_weight * loss_heal
+            parts["loss_heal"] = loss_heal
         if d.trajectory_weight and bool(on_path.any()):
             on = on_path.to(device)
             errors = self._item_errors(x0_hat[on], x0[on])

@@ -647,6 +647,12 @@ def test_a_cut_student_starts_from_its_init_and_heals_toward_the_uncut_model(
         {k: v.float() for k, v in load_file(folder / "dit.safetensors").items()})
     assert heal_loss(trained) < 0.7 * before
 
+    unhealed = task("plain", "distill.student_layers=[1]", "distill.heal_weight=0",
+                    "distill.guidance_weight=1").model  # the start itself, cut: no reference
+    assert unhealed.reference is None and unhealed.full_depth() is unhealed.teacher
+    for name, x in unhealed.student.state_dict().items():
+        assert torch.equal(x, reference.state_dict()[name.replace("blocks.0.", "blocks.1.")])
+
     other = WanDiT(dataclasses.replace(dit.config, num_layers=3))
     (wrong := tmp_path / "wrong").mkdir()
     export_dit(other, teacher, wrong)

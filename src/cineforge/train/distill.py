@@ -158,9 +158,12 @@ class LADD(nn.Module):
         # the student: ``start`` (default the teacher) cut to ``student_layers``; with
         # ``reference`` the uncut ``start`` stays beside it, frozen, as its healing target
         source = teacher if start is None else start
-        self.student = keep_blocks(copy.deepcopy(source), student_layers).requires_grad_(True)
-        self.reference = source.requires_grad_(False).eval() \
-            if reference and source is not teacher else None
+        self.reference = start.requires_grad_(False).eval() \
+            if reference and start is not None else None
+        # ``start`` no one else keeps becomes the student itself: no second copy in memory
+        kept = start is None or self.reference is not None
+        self.student = keep_blocks(copy.deepcopy(source) if kept else source,
+                                   student_layers).requires_grad_(True)
         # DMD's fake score model: the flow of the student's samples, from the teacher's weights
         self.fake = copy.deepcopy(teacher).requires_grad_(True) if fake_score else None
         self.teacher = teacher.requires_grad_(False).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
@@ -23,8 +24,16 @@ def test_score_is_perfect_on_ground_truth_and_drops_on_mismatch():
     clips = [render(s) for s in specs]
     perfect = score_clips(clips, specs)
     assert (perfect.n, perfect.colour, perfect.shape, perfect.motion) == (12, 1.0, 1.0, 1.0)
-    shuffled = score_clips(clips, specs[1:] + specs[:1])  # every clip paired with another prompt
+    assert all(not counts for counts in perfect.mistakes.values())
+    others = specs[1:] + specs[:1]
+    shuffled = score_clips(clips, others)  # every clip paired with another prompt
     assert shuffled.all_three < 0.5
+    for attribute in ("colour", "shape", "motion"):  # ground truth reads as what it shows
+        want = Counter((getattr(o.main, attribute), getattr(s.main, attribute))
+                       for o, s in zip(others, specs, strict=True)
+                       if getattr(o.main, attribute) != getattr(s.main, attribute))
+        assert shuffled.mistakes[attribute] == want
+        assert sum(want.values()) == round((1 - getattr(shuffled, attribute)) * 12)
     with pytest.raises(CineforgeError):
         score_clips([], [])
 
@@ -35,9 +44,15 @@ def test_eval_command_prints_model_and_baseline_rows(tmp_path, capsys):
     save_components(tmp_path, dit=perturb(WanDiT(preset.dit), 3),
                     vae=perturb(WanVAE(preset.vae), 4, scale=0.02))
     code = main(["eval", "shapes", "--preset", preset.name, "--weights", str(tmp_path),
-                 "-n", "2", "--steps", "1", "--batch", "2"])
+                 "-n", "2", "--steps", "1", "--batch", "2", "--mistakes"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
+    head = out.index("most frequent mistakes (asked -> read: clips)")
+    # a near-random model gets things wrong: each mistake line names a model, split, attribute
+    mistakes = [line.split() for line in out[head + 1:]]
+    assert mistakes and all(m[0] in ("wan2.1-t2v-tiny", "random") for m in mistakes)
+    assert all("->" in m for m in mistakes)
+    out = out[:head]
     rows = [line.split() for line in out[1:]]
     assert [r[0] for r in rows] == ["wan2.1-t2v-tiny"] * 3 + ["random"] * 3
     assert all(r[-5] == "2" for r in rows)  # n per split

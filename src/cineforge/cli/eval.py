@@ -187,6 +187,16 @@ def print_wording(rows) -> None:
               f"{100 * r.chance:6.1f}%")
 
 
+def print_mistakes(rows, top: int = 4) -> None:
+    """Per model, split and attribute, the most frequent wrong readings (asked -> read)."""
+    print("most frequent mistakes (asked -> read: clips)")
+    for name, split, sc in rows:
+        for attribute, counts in sc.mistakes.items():
+            if counts:
+                worst = ", ".join(f"{a} -> {r}: {c}" for (a, r), c in counts.most_common(top))
+                print(f"{name:<16} {split:<16} {attribute:<7} {worst}")
+
+
 def print_table(rows) -> None:
     psnr = any(sc.frame0_psnr is not None for _, _, sc in rows)
     print(

@@ -107,6 +107,7 @@ def _curate(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from cineforge.cli.eval import (
+        print_mistakes,
         print_table,
         print_text_use,
         print_vae_table,
@@ -124,7 +125,10 @@ def _eval(args: argparse.Namespace) -> int:
     elif args.suite == "wording":
         print_wording(run_wording(args))
     else:
-        print_table(run_eval(args))
+        rows = run_eval(args)
+        print_table(rows)
+        if args.mistakes:
+            print_mistakes(rows)
     return 0
 
 

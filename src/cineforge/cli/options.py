@@ -166,6 +166,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="clips generated at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weight model")
+    p.add_argument("--mistakes", action="store_true",
+                   help="shapes: also print the most frequent wrong readings per attribute "
+                        "(e.g. 'diamond -> circle: 19')")
     p.add_argument("--layout", choices=LAYOUTS, default="free",
                    help="text-use, vae and --strength: where the ground-truth clips put their "
                         "main object; match the world the model trained on")

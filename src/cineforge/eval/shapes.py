@@ -24,7 +24,8 @@ covering the most foreground over the clip, as in ``cineforge.data.shapes``) and
 """
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -282,7 +283,9 @@ ATTRIBUTES = ("colour", "shape", "motion")
 @dataclass(frozen=True)
 class ShapesScore:
     """Share of clips whose main object shows the prompt's colour, shape and motion (and,
-    for image-to-video, the mean PSNR in dB of frame 0 against the given first frame)."""
+    for image-to-video, the mean PSNR in dB of frame 0 against the given first frame).
+    ``mistakes[attribute]`` counts each wrong reading as ``(asked, read)``: which shapes a
+    model draws as which ('none' where no object was found)."""
 
     n: int
     colour: float
@@ -290,19 +293,24 @@ class ShapesScore:
     motion: float
     all_three: float
     frame0_psnr: float | None = None
+    mistakes: dict[str, Counter] = field(default_factory=dict, compare=False)
 
 
 def score_clips(clips, specs) -> ShapesScore:
     """Compare ``analyze_clip`` of each clip (uint8 ``T,H,W,3``) with its spec's main object."""
     hits = {k: 0 for k in (*ATTRIBUTES, "all_three")}
+    mistakes: dict[str, Counter] = {k: Counter() for k in ATTRIBUTES}
     n = 0
     for frames, spec in zip(clips, specs, strict=True):
         got = analyze_clip(frames)
-        ok = [getattr(got, k) == getattr(spec.main, k) for k in ATTRIBUTES]
-        for k, v in zip(ATTRIBUTES, ok, strict=True):
-            hits[k] += v
-        hits["all_three"] += all(ok)
+        pairs = [(getattr(spec.main, k), getattr(got, k)) for k in ATTRIBUTES]
+        for k, (asked, read) in zip(ATTRIBUTES, pairs, strict=True):
+            hits[k] += asked == read
+            if asked != read:
+                mistakes[k][asked, read] += 1
+        hits["all_three"] += all(asked == read for asked, read in pairs)
         n += 1
     if n == 0:
         raise CineforgeError("no clips to score; ask for at least one prompt (-n 1)")
-    return ShapesScore(n, *(hits[k] / n for k in (*ATTRIBUTES, "all_three")))
+    return ShapesScore(n, *(hits[k] / n for k in (*ATTRIBUTES, "all_three")),
+                       mistakes=mistakes)

@@ -298,19 +298,17 @@ class ShapesScore:
 
 def score_clips(clips, specs) -> ShapesScore:
     """Compare ``analyze_clip`` of each clip (uint8 ``T,H,W,3``) with its spec's main object."""
-    hits = {k: 0 for k in (*ATTRIBUTES, "all_three")}
     mistakes: dict[str, Counter] = {k: Counter() for k in ATTRIBUTES}
-    n = 0
+    n = all_three = 0
     for frames, spec in zip(clips, specs, strict=True):
         got = analyze_clip(frames)
-        pairs = [(getattr(spec.main, k), getattr(got, k)) for k in ATTRIBUTES]
-        for k, (asked, read) in zip(ATTRIBUTES, pairs, strict=True):
-            hits[k] += asked == read
-            if asked != read:
-                mistakes[k][asked, read] += 1
-        hits["all_three"] += all(asked == read for asked, read in pairs)
+        wrong = [(k, getattr(spec.main, k), getattr(got, k)) for k in ATTRIBUTES
+                 if getattr(spec.main, k) != getattr(got, k)]
+        for k, asked, read in wrong:
+            mistakes[k][asked, read] += 1
+        all_three += not wrong
         n += 1
     if n == 0:
         raise CineforgeError("no clips to score; ask for at least one prompt (-n 1)")
-    return ShapesScore(n, *(hits[k] / n for k in (*ATTRIBUTES, "all_three")),
-                       mistakes=mistakes)
+    shares = ((n - mistakes[k].total()) / n for k in ATTRIBUTES)
+    return ShapesScore(n, *shares, all_three / n, mistakes=mistakes)

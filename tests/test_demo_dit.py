@@ -17,7 +17,7 @@ from packed_items import assert_packed_equals_per_item, gen, perturbed
 
 
 def _config(**extension) -> DemoDiTConfig:
-    return DemoDiTConfig(**dataclasses.asdict(WAN_DIT_TINY), **extension)
+    return DemoDiTConfig(**{**dataclasses.asdict(WAN_DIT_TINY), **extension})
 
 
 def _demo_and_wan(seed: int, **extension) -> tuple[DemoDiT, WanDiT]:
@@ -155,6 +155,35 @@ def test_position_field_fitted_to_a_table_reproduces_the_table_model_at_any_grid
     assert table_model.adapt_init_weights(plain_weights) is plain_weights
     with pytest.raises(ValueError, match="set one of them"):
         _config(position_table=(3, 4, 6), position_field=True)
+
+
+def test_coarse_patch_weights_start_a_finer_patch_model():
+    """Patch (1, 2, 2) weights start a patch (1, 1, 1) model (``adapt_init_weights``): on a
+    latent repeated 2x2 (each coarse cell filled with one value per channel), every fine
+    token embeds as its coarse token does; the fine head gives the mean of the coarse head's
+    four sub-positions; all other weights load unchanged. A patch that is not a divisor of
+    the weights' patch is refused."""
+    coarse = DemoDiT(_config(pooled_text=True)).init_weights(gen(3))
+    nn.init.normal_(coarse.head.head.weight, std=0.1, generator=gen(4))
+    nn.init.normal_(coarse.head.head.bias, std=0.1, generator=gen(5))
+    fine = DemoDiT(_config(pooled_text=True, patch_size=(1, 1, 1), rope_step=(1.0, 0.5, 0.5)))
+    weights = fine.adapt_init_weights(coarse.state_dict())
+    fine.load_state_dict(weights)  # strict: every key, every shape
+    for key, value in coarse.state_dict().items():
+        if not key.startswith(("patch_embedding.weight", "head.head.")):
+            assert torch.equal(weights[key], value), key
+    g = gen(6)
+    cells = torch.randn(2, 16, 3, 4, 6, generator=g)
+    x = cells.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # 2, 16, 3, 8, 12
+    with torch.no_grad():
+        want = coarse._patchify(x).view(2, 3, 4, 1, 6, 1, -1).expand(2, 3, 4, 2, 6, 2, -1)
+        torch.testing.assert_close(fine._patchify(x), want.reshape(2, 3 * 8 * 12, -1))
+        tokens, e = torch.randn(2, 7, 32, generator=g), torch.randn(2, 1, 32, generator=g)
+        sub = coarse.head(tokens, e).view(2, 7, 2, 2, 16).mean(dim=(2, 3))
+        torch.testing.assert_close(fine.head(tokens, e), sub)
+    odd = DemoDiT(_config(patch_size=(1, 3, 3)))
+    with pytest.raises(CineforgeError, match="not a multiple"):
+        odd.adapt_init_weights(coarse.state_dict())
 
 
 def test_trainer_starts_a_field_model_from_a_table_models_weights(tmp_path):

@@ -193,6 +193,22 @@ def test_rope_axis_split_and_relative_positions():
     torch.testing.assert_close(qa.norm(), q.norm())
 
 
+def test_rope_step_places_tokens_at_fractional_positions():
+    """``step``: token i of an axis sits at i * step. At step 0.5 on rows and columns, token
+    (t, 2i, 2j) gets the rotation of token (t, i, j) at step 1, bit for bit; step 1 is the
+    release's integer grid."""
+    dims = wan_rope_axis_dims(16)
+    half = rope_cis_3d((2, 4, 6), dims, step=(1.0, 0.5, 0.5)).view(2, 4, 6, -1)
+    whole = rope_cis_3d((2, 2, 3), dims).view(2, 2, 3, -1)
+    assert torch.equal(half[:, ::2, ::2], whole)
+    assert not torch.equal(half[:, 1::2, 1::2], whole)
+    assert torch.equal(rope_cis_3d((2, 2, 3), dims, step=(1.0, 1.0, 1.0)), whole.view(12, -1))
+    with pytest.raises(ValueError, match="positive"):
+        rope_cis_3d((2, 2, 3), dims, step=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="rope_step"):
+        dataclasses.replace(WAN_DIT_TINY, rope_step=(1.0, -1.0, 1.0))
+
+
 def _math_attention(q, k, v, mask=None):
     weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
     return weights @ v

@@ -68,12 +68,13 @@ def packed_rope_cis(
     axis_dims: tuple[int, int, int],
     theta: float,
     device: torch.device | None = None,
+    step: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
     """RoPE rotations of a pack, ``L, D/2``: each item's own grid from position 0, in order."""
     tables: dict[Grid, torch.Tensor] = {}
     for grid in grids:
         if grid not in tables:
-            tables[grid] = rope_cis_3d(grid, axis_dims, theta, device)
+            tables[grid] = rope_cis_3d(grid, axis_dims, theta, device, step)
     return torch.cat([tables[grid] for grid in grids])
 
 

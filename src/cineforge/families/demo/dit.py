@@ -109,17 +109,52 @@ class DemoDiT(WanTI2VDiT):
         return self
 
     def adapt_init_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Weights of a position-table model start a position-field one: the field is fitted
-        to the table (``PositionField.fit``), so the model starts where the table's left it,
-        and then runs at any grid. Other weights pass through unchanged."""
-        if not (self.config.position_field and "pos_table" in weights
-                and not any(k.startswith("pos_field.") for k in weights)):
-            return weights
-        field = PositionField(self.config.dim)
-        field.fit(weights["pos_table"].float())
-        out = {k: v for k, v in weights.items() if k != "pos_table"}
-        out.update({f"pos_field.{k}": v for k, v in field.state_dict().items()})
+        """Weights of an earlier design of this model start this one:
+
+        - a position table becomes a position field fitted to it (``PositionField.fit``), so
+          the model starts where the table left it and then runs at any grid;
+        - weights of a coarser patch (each axis a multiple of this model's) become this
+          patch: the embedding of a fine patch is the coarse embedding of that patch repeated
+          over the coarse one (the sum of the coarse kernel's taps over the repeats), and the
+          head predicts the mean of the coarse head's outputs over the fine patches a coarse
+          one holds. Set ``rope_step`` to the ratio (e.g. 0.5 for patch 2 -> 1) so that the
+          rotary angle between two points of the frame stays what the weights learned.
+
+        Other weights pass through unchanged."""
+        out = weights
+        if (self.config.position_field and "pos_table" in out
+                and not any(k.startswith("pos_field.") for k in out)):
+            field = PositionField(self.config.dim)
+            field.fit(out["pos_table"].float())
+            out = {k: v for k, v in out.items() if k != "pos_table"}
+            out.update({f"pos_field.{k}": v for k, v in field.state_dict().items()})
+        embed = out.get("patch_embedding.weight")
+        fine = tuple(self.config.patch_size)
+        if embed is not None and tuple(embed.shape[2:]) != fine:
+            coarse = tuple(embed.shape[2:])
+            if any(big % small for big, small in zip(coarse, fine, strict=True)):
+                raise CineforgeError(f"init weights have patch size {coarse}, which is not a "
+                                     f"multiple of this model's {fine} on every axis")
+            out = {**out, **_refine_patch(out, coarse, fine)}
         return out
+
+
+def _refine_patch(weights: dict[str, torch.Tensor], coarse: tuple[int, ...],
+                  fine: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """``patch_embedding`` and ``head.head`` of patch ``coarse`` converted to patch ``fine``
+    (see ``DemoDiT.adapt_init_weights``). A coarse axis of size ``k * p`` is read as ``k``
+    repeats of the ``p`` fine offsets (offset = repeat * p + fine offset)."""
+    split = [n for big, small in zip(coarse, fine, strict=True) for n in (big // small, small)]
+    repeats = (0, 2, 4)  # the repeat axes among the six of `split`
+    embed = weights["patch_embedding.weight"]  # dim, C, *coarse
+    embed = embed.reshape(*embed.shape[:2], *split).sum(dim=tuple(2 + a for a in repeats))
+    head_w, head_b = weights["head.head.weight"], weights["head.head.bias"]  # (*coarse, C), dim
+    channels = head_b.numel() // math.prod(coarse)
+    head_w = head_w.reshape(*split, channels, -1).mean(dim=repeats)
+    head_b = head_b.reshape(*split, channels).mean(dim=repeats)
+    return {"patch_embedding.weight": embed,
+            "head.head.weight": head_w.reshape(-1, head_w.shape[-1]),
+            "head.head.bias": head_b.reshape(-1)}
 
 
 class PositionField(nn.Module):

@@ -99,6 +99,7 @@ class WanDiTConfig:
     text_len: int = 512
     timestep_scale: float = 1000.0
     rope_theta: float = 10000.0
+    rope_step: tuple[float, float, float] = (1.0, 1.0, 1.0)  # RoPE position per token (axis)
     attention: str = "sdpa"
     image_dim: int | None = None  # image-to-video: CLIP state width (None: no image attention)
     image_tokens: int = 257  # CLIP tokens per image (ViT-H/14 at 224: 16 x 16 + 1)
@@ -110,6 +111,8 @@ class WanDiTConfig:
                 raise ValueError(f"WanDiTConfig.{name} must be positive, got {getattr(self, name)}")
         if len(self.patch_size) != 3 or min(self.patch_size) <= 0:
             raise ValueError(f"patch_size must be 3 positive ints, got {self.patch_size}")
+        if len(self.rope_step) != 3 or min(self.rope_step) <= 0:
+            raise ValueError(f"rope_step must be 3 positive numbers, got {self.rope_step}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 6:
@@ -367,7 +370,8 @@ class WanDiT(nn.Module):
                                      f"got {got}")
             context = torch.cat([self.img_emb(clip.to(dtype)), context], dim=1)
         e, e0 = self._time_embedding(t.reshape(-1).expand(x.shape[0]), time_term)
-        cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device)
+        cis = rope_cis_3d(grid, wan_rope_axis_dims(c.head_dim), c.rope_theta, x.device,
+                          c.rope_step)
         tokens, cis = layout.to_attention(tokens), layout.to_attention(cis, dim=0)
         return tokens, _BlockInputs(grid, layout, context, e, e0, cis, time_term)
 
@@ -405,7 +409,8 @@ class WanDiT(nn.Module):
         e, e0 = self._time_embedding(t, time_term)
         item = segment_ids(lengths, device)
         e, e0 = e[item][None], e0[item][None]  # per token: 1, L, dim and 1, L, 6, dim
-        cis = packed_rope_cis(grids, wan_rope_axis_dims(c.head_dim), c.rope_theta, device)
+        cis = packed_rope_cis(grids, wan_rope_axis_dims(c.head_dim), c.rope_theta, device,
+                              c.rope_step)
         masks = grouped_masks(self.attention_backend, grids) or (  # local/global: per item
             block_diagonal_mask(lengths, lengths, device),)
         context_mask = block_diagonal_mask(lengths, [len(ctx) for ctx in contexts], device)

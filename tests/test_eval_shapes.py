@@ -105,9 +105,18 @@ def test_text_use_is_zero_for_a_text_blind_model_and_large_for_the_demo():
         def forward(self, x, t, context):
             return self.dit(x, t, torch.zeros_like(context))
 
+    # the motion row is a loss-weighted mean of its rows by asked motion; on clips that all
+    # ask for one motion the two are the same number
+    assert sorted(used.motion_increase) == sorted({s.main.motion for s in specs})
+    rows = [v[0] for v in used.motion_increase.values()]
+    assert min(rows) - 1e-9 <= used.increase["motion"][0] <= max(rows) + 1e-9
+    one = [s for s in heldout_prompts(seed=1) if s.main.motion == specs[0].main.motion][:2]
+    alone = text_use(pipe, one, times=(0.9,))
+    assert alone.motion_increase == {one[0].main.motion: alone.increase["motion"]}
     pipe.dit = Blind(pipe.dit)
     blind = text_use(pipe, specs, times=(0.5, 0.9))
     assert all(v == 0.0 for values in blind.increase.values() for v in values)
+    assert all(v == 0.0 for values in blind.motion_increase.values() for v in values)
     with pytest.raises(CineforgeError, match="at least one"):
         text_use(pipe, [])
 
@@ -116,7 +125,8 @@ def test_eval_text_use_command_prints_a_row_per_attribute(capsys):
     code = main(["eval", "text-use", "-n", "2", "--batch", "2"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0].startswith("flow-loss increase")
-    assert [line.split()[0] for line in out[1:]] == ["t", "loss", "colour", "shape", "motion"]
+    assert [line.split()[0] for line in out[1:6]] == ["t", "loss", "colour", "shape", "motion"]
+    assert out[6:] and all(line.startswith("  ") for line in out[6:])  # motion, by asked motion
 
 
 def test_eval_from_ground_truth_at_low_strength_keeps_colour_and_motion(capsys):

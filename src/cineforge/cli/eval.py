@@ -163,10 +163,12 @@ def run_text_use(args: argparse.Namespace):
 
 def print_text_use(result) -> None:
     print(f"flow-loss increase with one caption attribute swapped ({result.n} held-in clips)")
-    print(f"{'t':<10}" + "".join(f"{t:>9.2f}" for t in result.times))
-    print(f"{'loss':<10}" + "".join(f"{v:>9.4f}" for v in result.loss))
+    print(f"{'t':<12}" + "".join(f"{t:>9.2f}" for t in result.times))
+    print(f"{'loss':<12}" + "".join(f"{v:>9.4f}" for v in result.loss))
     for name, values in result.increase.items():
-        print(f"{name:<10}" + "".join(f"{100 * v:>8.1f}%" for v in values))
+        print(f"{name:<12}" + "".join(f"{100 * v:>8.1f}%" for v in values))
+    for motion, values in result.motion_increase.items():  # the motion row, by asked motion
+        print(f"{'  ' + motion:<12}" + "".join(f"{100 * v:>8.1f}%" for v in values))
 
 
 def run_wording(args: argparse.Namespace):

@@ -96,6 +96,14 @@ def test_text_use_is_zero_for_a_text_blind_model_and_large_for_the_demo():
     used = text_use(pipe, specs, times=(0.9,))
     assert used.n == 4 and used.loss[0] > 0
     assert used.increase["colour"][0] > 0.1
+    # the motion row is a loss-weighted mean of its rows by asked motion; on clips that all
+    # ask for one motion the two are the same number
+    assert sorted(used.motion_increase) == sorted({s.main.motion for s in specs})
+    rows = [v[0] for v in used.motion_increase.values()]
+    assert min(rows) - 1e-9 <= used.increase["motion"][0] <= max(rows) + 1e-9
+    one = [s for s in heldout_prompts(seed=1) if s.main.motion == specs[0].main.motion][:2]
+    alone = text_use(pipe, one, times=(0.9,))
+    assert alone.motion_increase == {one[0].main.motion: alone.increase["motion"]}
 
     class Blind(torch.nn.Module):
         def __init__(self, dit):
@@ -105,14 +113,6 @@ def test_text_use_is_zero_for_a_text_blind_model_and_large_for_the_demo():
         def forward(self, x, t, context):
             return self.dit(x, t, torch.zeros_like(context))
 
-    # the motion row is a loss-weighted mean of its rows by asked motion; on clips that all
-    # ask for one motion the two are the same number
-    assert sorted(used.motion_increase) == sorted({s.main.motion for s in specs})
-    rows = [v[0] for v in used.motion_increase.values()]
-    assert min(rows) - 1e-9 <= used.increase["motion"][0] <= max(rows) + 1e-9
-    one = [s for s in heldout_prompts(seed=1) if s.main.motion == specs[0].main.motion][:2]
-    alone = text_use(pipe, one, times=(0.9,))
-    assert alone.motion_increase == {one[0].main.motion: alone.increase["motion"]}
     pipe.dit = Blind(pipe.dit)
     blind = text_use(pipe, specs, times=(0.5, 0.9))
     assert all(v == 0.0 for values in blind.increase.values() for v in values)
